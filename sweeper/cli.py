@@ -1,0 +1,260 @@
+"""The `sweeper` command: parse, call the library, format. Progress to stderr, results to stdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import warnings
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+import optuna
+import pandas as pd
+from tqdm import tqdm
+
+from sweeper import results, studyfile
+from sweeper.backends import backend_class
+from sweeper.errors import SweeperError
+from sweeper.measure import Run
+from sweeper.study import Sweep, open_study, redact
+from sweeper.studyfile import StudyConfig, parse_duration
+from sweeper.worker import WorkerError, WorkerSpec, run_in_child
+
+log = logging.getLogger("sweeper")
+
+
+class Failure(click.ClickException):
+    """A one-line error: what is wrong and what to do. Exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _fail(message: str) -> NoReturn:
+    raise Failure(message)
+
+
+study_argument = click.argument("study_file", metavar="STUDY.toml",
+                                type=click.Path(dir_okay=False))
+storage_option = click.option("--storage", metavar="URL",
+                              help="Storage URL; overrides the study file's.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sweeper")
+@click.option("-v", "--verbose", count=True, help="Log more (-v: each trial, -vv: each run).")
+def cli(verbose: int) -> None:
+    """Find the fastest load settings for a local LLM, per workload."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _load(path: str) -> StudyConfig:
+    try:
+        return studyfile.load(path)
+    except SweeperError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@study_argument
+@click.option("--trials", type=click.IntRange(min=1), metavar="N",
+              help="Run until the study holds N complete trials (default: the study file's).")
+@click.option("--timeout", metavar="DURATION", help="Start no new trial after this, e.g. 8h.")
+@storage_option
+def run(study_file: str, trials: int | None, timeout: str | None, storage: str | None) -> None:
+    """Run (or resume) the sweep described by STUDY.toml."""
+    config = _load(study_file)
+    try:
+        timeout_s = parse_duration(timeout, "--timeout") if timeout else config.timeout_s
+        model = backend_class(config.backend).preflight(config.model, config.base_dir,
+                                                        config.host)
+        spec = WorkerSpec(config.backend, model, config.workloads, config.sampling,
+                          config.repeats, config.warmup)
+        sweep = Sweep(config, lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
+                      storage)
+        study = sweep.open()
+    except SweeperError as exc:
+        _fail(str(exc))
+    target = trials or config.trials
+    done = results.status(study, [])["complete"]
+    if done >= target:
+        click.echo(f"study {config.name!r} already holds {done} complete trials "
+                   f"(target {target}); raise --trials to run more", err=True)
+        return
+    bar = _ProgressBar(config, total=target - done)
+    sweep.progress = bar.on_progress
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        ran = sweep.run(study, trials, timeout_s, callbacks=[bar.on_trial])
+    except KeyboardInterrupt:
+        bar.close()
+        complete = results.status(study, [])["complete"]
+        _fail(f"interrupted: the running trial was stopped and will run again on resume; "
+              f"{complete} complete trials are stored in {redact(storage or config.storage)}; "
+              f"run the same command to resume")
+    except SweeperError as exc:
+        bar.close()
+        _fail(str(exc))
+    except WorkerError as exc:
+        bar.close()
+        click.echo(str(exc), err=True)
+        _fail("internal error in the trial worker (traceback above); the trial is marked FAIL "
+              "and completed trials are kept; please report this")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bar.close()
+    summary = results.status(study, [w.name for w in config.workloads])
+    click.echo(f"ran {ran} trials; {_status_line(summary)}")
+    for name, best in summary["best"].items():
+        click.echo(f"  best {name}: {_best_line(best)}")
+    click.echo(f"see the fronts with: sweeper pareto {study_file}")
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr: trials done, ETA, what the current trial is doing, best so far."""
+
+    def __init__(self, config: StudyConfig, total: int) -> None:
+        self.config = config
+        self.runs_per_workload = config.warmup + config.repeats
+        self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+                                   "{postfix}")
+        self.best: dict[str, str] = {}
+
+    def on_progress(self, kind: str, *args: Any) -> None:
+        if kind == "loaded":
+            self.bar.set_description(f"loaded in {args[0]:.1f}s")
+        elif kind == "run":
+            workload, index, run = args
+            assert isinstance(run, Run)
+            label = "warm-up" if index < 0 else f"run {index + 1}/{self.config.repeats}"
+            self.bar.set_description(f"{workload} {label}: {run.decode_tok_s:.1f} tok/s")
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        for w in self.config.workloads:
+            pts = results.points(study, w.name)
+            if pts:
+                p = max(pts, key=lambda p: p.tok_s["median"])
+                self.best[w.name] = f"{p.tok_s['median']:.1f} tok/s (#{p.trial})"
+        reason = results.failure_reason(trial)
+        self.bar.set_description(f"trial {trial.number} " + (reason or "ok"))
+        self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@cli.command()
+@study_argument
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(study_file: str, storage: str | None, as_json: bool) -> None:
+    """Trials done, infeasible ones by reason, and the best per workload."""
+    config = _load(study_file)
+    study = _open(config, storage)
+    summary = results.status(study, [w.name for w in config.workloads])
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"study {config.name} ({redact(storage or config.storage)}): "
+               f"{_status_line(summary)}")
+    base = summary["baseline_trial"]
+    click.echo(f"baseline: trial {base}" if base is not None else "baseline: not measured yet")
+    for name, best in summary["best"].items():
+        click.echo(f"best {name}: {_best_line(best)}")
+    click.echo("workers: " + ", ".join(f"{w} ({n} trials)" for w, n in summary["workers"].items()))
+
+
+def _status_line(s: dict[str, Any]) -> str:
+    line = f"{s['trials']} trials, {s['complete']} complete, {s['feasible']} feasible"
+    if s["infeasible"]:
+        line += "; infeasible: " + ", ".join(f"{r} {n}" for r, n in s["infeasible"].items())
+    others = {k: v for k, v in s["states"].items() if k != "complete"}
+    if others:
+        line += "; " + ", ".join(f"{k} {v}" for k, v in others.items())
+    return line
+
+
+def _best_line(b: dict[str, Any]) -> str:
+    delta = "" if b["delta_tok_s_pct"] is None else f" ({b['delta_tok_s_pct']:+.1f}% vs baseline)"
+    return f"trial {b['trial']}, {b['tok_s']:.2f} tok/s{delta}, TTFT {b['ttft_s']:.3f} s"
+
+
+def _open(config: StudyConfig, storage: str | None) -> optuna.Study:
+    try:
+        return open_study(config, storage)
+    except SweeperError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@study_argument
+@storage_option
+@click.option("--workload", "-w", metavar="NAME", help="Only this workload.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def pareto(study_file: str, storage: str | None, workload: str | None, as_json: bool) -> None:
+    """The non-dominated trials per workload: tok/s up, time to first token down."""
+    config = _load(study_file)
+    names = [w.name for w in config.workloads]
+    if workload is not None and workload not in names:
+        _fail(f"unknown workload {workload!r}; this study has: {', '.join(names)}")
+    study = _open(config, storage)
+    chosen = [workload] if workload else names
+    fronts = {w: results.pareto_front(results.points(study, w)) for w in chosen}
+    if as_json:
+        click.echo(json.dumps({w: [p.to_dict() for p in f] for w, f in fronts.items()}, indent=2))
+        return
+    searched = list(config.space.dimensions)
+    for i, (w, front) in enumerate(fronts.items()):
+        if i:
+            click.echo()
+        click.echo(f"{w}: {len(front)} trials on the front "
+                   f"(median of {config.repeats} runs [min-max])")
+        if not front:
+            click.echo("  no feasible trials yet")
+            continue
+        click.echo(_table(front, searched).to_string(index=False))
+
+
+def _table(front: list[results.Point], searched: list[str]) -> pd.DataFrame:
+    def spread(d: dict[str, float], fmt: Callable[[float], str]) -> str:
+        return f"{fmt(d['median'])} [{fmt(d['min'])}-{fmt(d['max'])}]"
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{v:+.1f}%"
+
+    rows = []
+    for p in front:
+        row: dict[str, Any] = {
+            "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}",
+            "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
+            "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),
+            "out tok": f"{p.output_tokens:.0f}",
+            "Δtok/s": pct(p.delta_tok_s_pct),
+            "ΔTTFT": pct(p.delta_ttft_pct),
+        }
+        for name in searched:
+            row[name] = p.settings.get(name, "default")
+        if p.mismatch:
+            row["applied differs"] = ", ".join(f"{k}={v[1]}" for k, v in p.mismatch.items())
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    cli()

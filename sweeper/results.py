@@ -1,0 +1,111 @@
+"""Reading a study back: per-workload points, the Pareto front, and the status summary.
+
+Data only; ``cli.py`` formats it. Each workload has its own 2-D front (tok/s up, TTFT down)
+over the trials that are feasible for it, because no setting is fast everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.study import baseline_trial
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trial as seen from one workload."""
+
+    trial: int
+    settings: dict[str, Any]
+    tok_s: dict[str, float]  # Spread as a dict: median, min, max, q1, q3, n
+    ttft_s: dict[str, float]
+    output_tokens: float
+    stop_reasons: list[str]
+    baseline: bool
+    mismatch: dict[str, Any] = field(default_factory=dict)
+    delta_tok_s_pct: float | None = None
+    delta_ttft_pct: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def failure_reason(t: FrozenTrial, workload: str | None = None) -> str | None:
+    """Why a trial is infeasible (for ``workload`` when given), or None."""
+    if t.state != TrialState.COMPLETE:
+        return t.user_attrs.get("failure_reason") or t.state.name.lower()
+    if t.constraints.get("failed", 0.0) > 0:
+        return str(t.user_attrs.get("failure_reason", "failed"))
+    keys = [f"truncated:{workload}"] if workload else [k for k in t.constraints
+                                                       if k.startswith("truncated:")]
+    if any(t.constraints.get(k, 0.0) > 0 for k in keys):
+        return "truncated"
+    return None
+
+
+def points(study: optuna.Study, workload: str) -> list[Point]:
+    """Every trial that is feasible for ``workload``, with deltas against the baseline."""
+    base = baseline_trial(study)
+    ref = base.user_attrs.get(f"w:{workload}") if base else None
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        data = t.user_attrs.get(f"w:{workload}")
+        if data is None or failure_reason(t, workload):
+            continue
+        tok, ttft = data["tok_s"], data["ttft_s"]
+        out.append(Point(
+            trial=t.number, settings=t.user_attrs.get("settings", {}), tok_s=tok, ttft_s=ttft,
+            output_tokens=data["output_tokens"]["median"], stop_reasons=data["stop_reasons"],
+            baseline=t.user_attrs.get("tag") == "baseline",
+            mismatch=t.user_attrs.get("mismatch", {}),
+            delta_tok_s_pct=_pct(tok["median"], ref["tok_s"]["median"]) if ref else None,
+            delta_ttft_pct=_pct(ttft["median"], ref["ttft_s"]["median"]) if ref else None,
+        ))
+    return out
+
+
+def pareto_front(pts: list[Point]) -> list[Point]:
+    """Points no other point beats on both tok/s (higher) and TTFT (lower); fastest first."""
+    def dominates(a: Point, b: Point) -> bool:
+        at, bt = a.tok_s["median"], b.tok_s["median"]
+        af, bf = a.ttft_s["median"], b.ttft_s["median"]
+        return at >= bt and af <= bf and (at > bt or af < bf)
+
+    front = [p for p in pts if not any(dominates(q, p) for q in pts)]
+    return sorted(front, key=lambda p: -p.tok_s["median"])
+
+
+def status(study: optuna.Study, workloads: list[str]) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    reasons = Counter(r for t in trials if t.state == TrialState.COMPLETE
+                      and (r := failure_reason(t)) is not None)
+    best = {}
+    for w in workloads:
+        pts = points(study, w)
+        if pts:
+            p = max(pts, key=lambda p: p.tok_s["median"])
+            best[w] = {"trial": p.trial, "tok_s": p.tok_s["median"], "ttft_s": p.ttft_s["median"],
+                       "delta_tok_s_pct": p.delta_tok_s_pct}
+    workers = Counter(str(t.user_attrs.get("worker", "?")) for t in trials)
+    base = baseline_trial(study)
+    return {
+        "study": study.study_name,
+        "trials": len(trials),
+        "states": dict(states),
+        "complete": states.get("complete", 0),
+        "feasible": states.get("complete", 0) - sum(reasons.values()),
+        "infeasible": dict(reasons),
+        "baseline_trial": base.number if base else None,
+        "best": best,
+        "workers": dict(workers),
+    }
+
+
+def _pct(value: float, ref: float) -> float | None:
+    return round((value - ref) / ref * 100, 2) if ref else None

@@ -1,0 +1,249 @@
+"""The study: an Optuna multi-objective study over load settings, and the trial objective.
+
+Objectives, per workload: maximize decode tok/s and minimize time to first token (medians of
+the repeats). Constraints (feasible when <= 0), set on every trial:
+- ``failed``: the trial could not be measured (its reason is stored as ``failure_reason``);
+- ``truncated:<workload>``: output below ``min_output_ratio`` x the baseline's without hitting
+  the token cap, so a "faster" run is not merely a shorter one.
+Infeasible trials are COMPLETE with dominated placeholder values (0 tok/s, 3600 s), never FAIL:
+the sampler learns to avoid them, and a FAIL is reserved for an interrupted trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper import __version__
+from sweeper.errors import StorageError, TrialFailure
+from sweeper.measure import TrialOutcome
+from sweeper.settings import LoadSettings, invalid_combination
+from sweeper.studyfile import StudyConfig
+from sweeper.worker import Progress
+
+log = logging.getLogger("sweeper")
+
+_FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+WORST_TOK_S = 0.0
+WORST_TTFT_S = 3600.0
+#: Runs one configuration and returns what was measured, or raises TrialFailure.
+Runner = Callable[[LoadSettings, Progress | None], TrialOutcome]
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def metric_names(workloads: Sequence[str]) -> list[str]:
+    return [m for w in workloads for m in (f"{w}_tok_s", f"{w}_ttft_s")]
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for messages and reports."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we can find; say nothing of it
+        return "<storage URL>"
+
+
+def open_storage(url: str) -> RDBStorage:
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    try:
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(
+            f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}; "
+            "check the storage URL and that the database server is running"
+        ) from None
+
+
+def open_study(config: StudyConfig, storage_url: str | None = None, *,
+               create: bool = False) -> optuna.Study:
+    """Open the study the file describes; create it only when ``create``."""
+    url = storage_url or config.storage
+    if not create and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise StorageError(
+                f"no study yet at {path}; run `sweeper run {config.path}` first")
+    storage = open_storage(url)
+    names = metric_names([w.name for w in config.workloads])
+    if create:
+        study = optuna.create_study(
+            study_name=config.name, storage=storage, load_if_exists=True,
+            directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] * len(config.workloads),
+        )
+        if not study.user_attrs.get("config"):
+            study.set_metric_names(names)
+            study.set_user_attr("config", config.describe())
+            study.set_user_attr("sweeper_version", __version__)
+    else:
+        try:
+            study = optuna.load_study(study_name=config.name, storage=storage)
+        except KeyError:
+            raise StorageError(
+                f"no study named {config.name!r} in {redact(url)}; "
+                f"run `sweeper run {config.path}` first") from None
+    _check_same_study(study, config, names)
+    return study
+
+
+def _check_same_study(study: optuna.Study, config: StudyConfig, names: list[str]) -> None:
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        return
+    current = config.describe()
+    changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if changed or study.metric_names != names:
+        raise StorageError(
+            f"study {config.name!r} was created with a different "
+            f"{', '.join(changed) or 'set of workloads'} than {config.path} now has; "
+            "give the study a new name (or restore the file) so that results stay comparable"
+        )
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The measured baseline (the first complete trial tagged as such)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("tag") == "baseline" and not t.user_attrs.get("failure_reason"):
+            return t
+    return None
+
+
+class Sweep:
+    """Runs a study file's sweep: baseline first, then sampled trials, resumable."""
+
+    def __init__(self, config: StudyConfig, runner: Runner, storage_url: str | None = None):
+        self.config = config
+        self.runner = runner
+        self.storage_url = storage_url
+        self.progress: Progress | None = None
+
+    def open(self) -> optuna.Study:
+        return open_study(self.config, self.storage_url, create=True)
+
+    def run(self, study: optuna.Study, trials: int | None = None, timeout_s: float | None = None,
+            callbacks: Sequence[Callback] = ()) -> int:
+        """Run until the study holds ``trials`` complete trials; return how many ran now."""
+        target = trials or self.config.trials
+        before = len(study.get_trials(deepcopy=False, states=_FINISHED))
+        self._enqueue_baseline(study)
+        self._enqueue_retries(study)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if done >= target:
+            return 0
+        study.sampler = self._sampler(study, target)
+        study.optimize(
+            self.objective, n_trials=target - done, timeout=timeout_s,
+            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), *callbacks],
+        )
+        return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
+
+    def _sampler(self, study: optuna.Study, target: int) -> optuna.samplers.BaseSampler:
+        # A resumed run must not replay the first run's random start-up proposals: the seed
+        # moves on with the number of trials already stored.
+        seed = self.config.sampler_seed + len(study.get_trials(deepcopy=False))
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=max(4, min(10, target // 5)))
+
+    def _enqueue_baseline(self, study: optuna.Study) -> None:
+        if any(t.user_attrs.get("tag") == "baseline" for t in study.get_trials(deepcopy=False)):
+            return
+        dims = self.config.space.dimensions
+        params = {name: value for name, value in self.config.baseline.to_dict().items()
+                  if name in dims and dims[name].contains(value)}
+        study.enqueue_trial(params, user_attrs={"tag": "baseline"})
+
+    def _enqueue_retries(self, study: optuna.Study) -> None:
+        """Trials interrupted by Ctrl-C run again, once, when the sweep resumes."""
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for t in trials:
+            if t.state == TrialState.FAIL and t.number not in retried and \
+                    t.user_attrs.get("failure_reason") == "interrupted":
+                attrs: dict[str, Any] = {"retry_of": t.number}
+                if "tag" in t.user_attrs:
+                    attrs["tag"] = t.user_attrs["tag"]
+                study.enqueue_trial(t.params, user_attrs=attrs)
+
+    def objective(self, trial: optuna.Trial) -> list[float]:
+        cfg = self.config
+        is_baseline = trial.user_attrs.get("tag") == "baseline"
+        settings = cfg.space.suggest(trial, cfg.baseline if is_baseline else None)
+        trial.set_user_attr("settings", settings.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        start = time.perf_counter()
+        why = invalid_combination(settings)
+        if why:
+            return self._infeasible(trial, "invalid_combination", why)
+        try:
+            outcome = self.runner(settings, self.progress)
+        except TrialFailure as exc:
+            trial.set_user_attr("wall_s", time.perf_counter() - start)
+            return self._infeasible(trial, exc.reason, exc.detail)
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure_reason", "interrupted")
+            raise
+        return self._record(trial, settings, outcome, time.perf_counter() - start)
+
+    def _infeasible(self, trial: optuna.Trial, reason: str, detail: str) -> list[float]:
+        log.info("trial %d infeasible: %s: %s", trial.number, reason, detail)
+        trial.set_user_attr("failure_reason", reason)
+        trial.set_user_attr("failure_detail", detail[:2000])
+        trial.set_constraint("failed", 1.0)
+        for w in self.config.workloads:
+            trial.set_constraint(f"truncated:{w.name}", 0.0)
+        return [WORST_TOK_S, WORST_TTFT_S] * len(self.config.workloads)
+
+    def _record(self, trial: optuna.Trial, settings: LoadSettings, outcome: TrialOutcome,
+                wall_s: float) -> list[float]:
+        trial.set_user_attr("applied", outcome.applied)
+        mismatch = {k: [v, outcome.applied.get(k)] for k, v in settings.to_dict().items()
+                    if k in outcome.applied and not _same(v, outcome.applied[k])}
+        trial.set_user_attr("mismatch", mismatch)
+        trial.set_user_attr("load_s", outcome.load_s)
+        trial.set_user_attr("gen_s", outcome.gen_s)
+        trial.set_user_attr("wall_s", wall_s)
+        trial.set_user_attr("overhead_s", max(0.0, wall_s - outcome.load_s - outcome.gen_s))
+        trial.set_user_attr("peak_rss_mb", outcome.peak_rss_mb)
+        trial.set_user_attr("gpu_mem_mb", outcome.gpu_mem_mb)
+        base = baseline_trial(trial.study)
+        truncated = []
+        trial.set_constraint("failed", 0.0)
+        values: list[float] = []
+        for w in self.config.workloads:
+            result = outcome.workloads[w.name]
+            trial.set_user_attr(f"w:{w.name}", result.summary())
+            ratio = 1.0
+            if base is not None:
+                ref = base.user_attrs[f"w:{w.name}"]["output_tokens"]["median"]
+                ratio = result.output_tokens.median / ref if ref else 1.0
+            violation = 0.0 if result.hit_cap else round(self.config.min_output_ratio - ratio, 4)
+            trial.set_constraint(f"truncated:{w.name}", violation)
+            trial.set_user_attr(f"output_ratio:{w.name}", round(ratio, 4))
+            if violation > 0:
+                truncated.append(f"{w.name} {ratio:.0%} of the baseline's output")
+            values += [result.tok_s.median, result.ttft_s.median]
+        if truncated:
+            trial.set_user_attr("failure_reason", "truncated")
+            trial.set_user_attr("failure_detail", "; ".join(truncated))
+        return values
+
+
+def _same(requested: Any, applied: Any) -> bool:
+    if isinstance(requested, float) and isinstance(applied, int | float):
+        return abs(requested - applied) < 0.02
+    return bool(requested == applied)

@@ -1,0 +1,196 @@
+"""Runs one trial: load, warm up, repeat every workload, unload.
+
+``run_in_child`` does it in a fresh spawned process (the default): a segfault, an
+out-of-memory kill or a hang costs one trial with a named reason, never the sweep, and the
+first-generation-in-a-process slowdown and memory figures stay per trial.
+``run_in_process`` does the same in this process, for backends injected by tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import re
+import resource
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sweeper.backends import Backend, create_backend
+from sweeper.errors import TrialFailure
+from sweeper.measure import Run, TrialOutcome, measure_workloads, timed
+from sweeper.memory import gpu_memory_used_mb
+from sweeper.settings import LoadSettings
+from sweeper.workloads import Sampling, Workload
+
+#: Progress callback: ("loaded", load_s) or ("run", workload name, run index, Run).
+Progress = Callable[..., None]
+
+_OOM_PATTERNS = re.compile(
+    r"out of memory|failed to allocate|cannot allocate|unable to allocate|cudaMalloc failed"
+    r"|ErrorOutOfDeviceMemory|std::bad_alloc",
+    re.IGNORECASE,
+)
+
+
+class WorkerError(RuntimeError):
+    """The worker hit an unexpected exception: a bug in sweeper or a backend, not a trial result.
+    The message is the worker's traceback."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to measure one configuration (picklable)."""
+
+    backend: str
+    model: str
+    workloads: tuple[Workload, ...]
+    sampling: Sampling
+    repeats: int
+    warmup: int
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+def measure(backend: Backend, spec: WorkerSpec, settings: LoadSettings,
+            progress: Progress | None = None) -> TrialOutcome:
+    applied, load_s = timed(lambda: backend.load(settings))
+    if progress:
+        progress("loaded", load_s)
+    on_run = (lambda w, i, r: progress("run", w, i, r)) if progress else None
+    gen_start = time.perf_counter()
+    results = measure_workloads(backend, spec.workloads, spec.sampling, spec.repeats,
+                                spec.warmup, on_run)
+    gen_s = time.perf_counter() - gen_start
+    gpu_mb = gpu_memory_used_mb()
+    backend.unload()
+    return TrialOutcome(applied=applied, load_s=load_s, workloads=results, gen_s=gen_s,
+                        peak_rss_mb=_peak_rss_mb(), gpu_mem_mb=gpu_mb)
+
+
+def run_in_process(backend: Backend, spec: WorkerSpec, settings: LoadSettings,
+                   progress: Progress | None = None) -> TrialOutcome:
+    return measure(backend, spec, settings, progress)
+
+
+def run_in_child(spec: WorkerSpec, settings: LoadSettings, timeout_s: float,
+                 progress: Progress | None = None) -> TrialOutcome:
+    """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:
+        log_path = f.name
+    proc = ctx.Process(target=_child_main, args=(child, spec, settings, log_path), daemon=True)
+    proc.start()
+    child.close()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TrialFailure("timeout", f"no result after {timeout_s:.0f} s; worker killed")
+            if parent.poll(min(remaining, 0.5)):
+                try:
+                    message = parent.recv()
+                except EOFError:
+                    proc.join(5)
+                    raise _died(proc.exitcode, log_path) from None
+                kind = message[0]
+                if kind == "done":
+                    outcome: TrialOutcome = message[1]
+                    return outcome
+                if kind == "failure":
+                    raise TrialFailure(*_classify(message[1], message[2], log_path))
+                if kind == "error":
+                    raise WorkerError(message[1])
+                if progress:
+                    progress(*message)
+            elif not proc.is_alive():
+                raise _died(proc.exitcode, log_path)
+    finally:
+        _reap(proc)
+        parent.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+
+
+def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides what to do with the trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
+    os.close(fd)
+    try:
+        with create_backend(spec.backend, spec.model, **dict(spec.options)) as backend:
+            outcome = measure(backend, spec, settings, lambda *m: conn.send(m))
+        conn.send(("done", outcome))
+    except TrialFailure as exc:
+        conn.send(("failure", exc.reason, exc.detail))
+    except Exception:  # a bug, not a property of the settings: stop the sweep, loudly
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _classify(reason: str, detail: str, log_path: str) -> tuple[str, str]:
+    """A load or generation failure whose log says it ran out of memory is ``oom``."""
+    if reason in ("load_failed", "generation_failed", "crashed"):
+        line = _oom_line(log_path)
+        if line:
+            return "oom", f"{detail} ({line})"
+    return reason, detail
+
+
+def _died(exitcode: int | None, log_path: str) -> TrialFailure:
+    line = _oom_line(log_path)
+    if exitcode == -signal.SIGKILL:
+        return TrialFailure(
+            "oom", "worker killed by SIGKILL, most likely by the kernel's out-of-memory killer"
+            + (f" ({line})" if line else ""))
+    if line:
+        return TrialFailure("oom", f"worker exited with code {exitcode} ({line})")
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        return TrialFailure("crashed", f"worker died from {name}{_tail(log_path)}")
+    return TrialFailure("crashed", f"worker exited with code {exitcode}{_tail(log_path)}")
+
+
+def _oom_line(log_path: str) -> str | None:
+    for line in reversed(_read(log_path).splitlines()):
+        if _OOM_PATTERNS.search(line):
+            return line.strip()[:200]
+    return None
+
+
+def _tail(log_path: str) -> str:
+    lines = [ln.strip() for ln in _read(log_path).splitlines() if ln.strip()]
+    return f"; last log line: {lines[-1][:200]}" if lines else ""
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-65536:]
+    except OSError:
+        return ""
+
+
+def _reap(proc: multiprocessing.process.BaseProcess) -> None:
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(3)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+__all__ = ["Run", "WorkerError", "WorkerSpec", "measure", "run_in_child", "run_in_process"]

@@ -78,7 +78,7 @@ def run(study_file: str, trials: int | None, timeout: str | None, storage: str |
         model = backend_class(config.backend).preflight(config.model, config.base_dir,
                                                         config.host)
         spec = WorkerSpec(config.backend, model, config.workloads, config.sampling,
-                          config.repeats, config.warmup)
+                          config.repeats, config.warmup, memory_limit_mb=config.memory_limit_mb)
         sweep = Sweep(config, lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
                       storage)
         study = sweep.open()

@@ -21,6 +21,7 @@ class _Budget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trials: int = 50
     timeout: str | None = None
     trial_timeout: str = "30m"
+    memory_limit_mb: int | None = None
 
 
 class _Measure(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,6 +83,7 @@ class StudyConfig:
     trials: int
     timeout_s: float | None
     trial_timeout_s: float
+    memory_limit_mb: int | None
     sampler_seed: int
 
     @property
@@ -138,6 +140,8 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
             )
     _positive("budget.trials", doc.budget.trials)
     _positive("measure.repeats", doc.measure.repeats)
+    if doc.budget.memory_limit_mb is not None:
+        _positive("budget.memory_limit_mb", doc.budget.memory_limit_mb)
     if doc.measure.warmup < 0:
         raise StudyFileError("measure.warmup: must be 0 or more")
     if not 0 < doc.measure.min_output_ratio <= 1:
@@ -158,6 +162,7 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         timeout_s=parse_duration(doc.budget.timeout, "budget.timeout") if doc.budget.timeout
         else None,
         trial_timeout_s=parse_duration(doc.budget.trial_timeout, "budget.trial_timeout"),
+        memory_limit_mb=doc.budget.memory_limit_mb,
         sampler_seed=doc.sampler_seed,
     )
 

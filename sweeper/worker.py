@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from sweeper.backends import Backend, create_backend
+from sweeper.backends import Backend, backend_class, create_backend
 from sweeper.errors import TrialFailure
 from sweeper.measure import Run, TrialOutcome, measure_workloads, timed
 from sweeper.memory import gpu_memory_used_mb
@@ -33,7 +33,7 @@ from sweeper.workloads import Sampling, Workload
 Progress = Callable[..., None]
 
 _OOM_PATTERNS = re.compile(
-    r"out of memory|failed to allocate|cannot allocate|unable to allocate|cudaMalloc failed"
+    r"out of memory|insufficient memory|failed to allocate|cannot allocate|unable to allocate|cudaMalloc failed"
     r"|ErrorOutOfDeviceMemory|std::bad_alloc",
     re.IGNORECASE,
 )
@@ -55,6 +55,9 @@ class WorkerSpec:
     repeats: int
     warmup: int
     options: tuple[tuple[str, Any], ...] = ()
+    #: Address-space cap for the worker (RLIMIT_AS), so a runaway allocation fails fast with
+    #: "out of memory" instead of swapping the machine or waking the kernel's OOM killer.
+    memory_limit_mb: int | None = None
 
 
 def measure(backend: Backend, spec: WorkerSpec, settings: LoadSettings,
@@ -125,8 +128,12 @@ def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
     os.close(fd)
+    if spec.memory_limit_mb:
+        limit = spec.memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        with create_backend(spec.backend, spec.model, **dict(spec.options)) as backend:
+        options = {**backend_class(spec.backend).child_options, **dict(spec.options)}
+        with create_backend(spec.backend, spec.model, **options) as backend:
             outcome = measure(backend, spec, settings, lambda *m: conn.send(m))
         conn.send(("done", outcome))
     except TrialFailure as exc:

@@ -26,6 +26,8 @@ class Backend(Protocol):
     supported: frozenset[str]
     #: Why a canonical setting outside ``supported`` cannot be applied, for the error message.
     unsupported_why: dict[str, str]
+    #: Constructor options used when the backend runs in a worker process.
+    child_options: dict[str, Any]
 
     @staticmethod
     def preflight(model: str, base_dir: Path, host: str | None = None) -> str:

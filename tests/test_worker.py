@@ -1,0 +1,60 @@
+"""Trials in worker processes: every way a worker can fail becomes a named reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeper.errors import TrialFailure
+from sweeper.settings import LoadSettings
+from sweeper.worker import WorkerError, WorkerSpec, run_in_child
+from sweeper.workloads import Sampling, Workload
+
+WORKLOADS = (Workload("w", "hello", 4),)
+
+
+def spec(model: str) -> WorkerSpec:
+    return WorkerSpec("fake", model, WORKLOADS, Sampling(), repeats=2, warmup=1)
+
+
+def test_a_result_comes_back_with_progress() -> None:
+    events = []
+    outcome = run_in_child(spec("fake"), LoadSettings(cpu_threads=2), 60,
+                           lambda *e: events.append(e[:3]))
+    assert outcome.applied == {"model": "fake", "cpu_threads": 2}
+    assert len(outcome.workloads["w"].runs) == 2
+    assert len(outcome.workloads["w"].warmup) == 1
+    assert outcome.peak_rss_mb and outcome.peak_rss_mb > 1
+    assert [e[0] for e in events] == ["loaded", "run", "run", "run"]
+    assert [e[2] for e in events[1:]] == [-1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("model", "reason", "detail"),
+    [
+        ("fake:segfault", "crashed", "worker died from SIGSEGV"),
+        ("fake:sigkill", "oom", "killed by SIGKILL, most likely by the kernel's out-of-memory"),
+    ],
+)
+def test_a_dying_worker_is_a_named_failure(model: str, reason: str, detail: str) -> None:
+    with pytest.raises(TrialFailure) as err:
+        run_in_child(spec(model), LoadSettings(), 60)
+    assert err.value.reason == reason
+    assert detail in err.value.detail
+
+
+def test_a_hanging_worker_times_out() -> None:
+    with pytest.raises(TrialFailure) as err:
+        run_in_child(spec("fake:hang"), LoadSettings(), 2)
+    assert err.value.reason == "timeout"
+    assert err.value.detail == "no result after 2 s; worker killed"
+
+
+def test_a_load_failure_keeps_its_reason() -> None:
+    with pytest.raises(TrialFailure) as err:
+        run_in_child(spec("fake"), LoadSettings(context_length=1_000_000), 60)
+    assert err.value.reason == "oom"
+
+
+def test_a_bug_is_not_hidden_as_a_trial_result() -> None:
+    with pytest.raises(WorkerError, match="ZeroDivisionError: a bug in a backend"):
+        run_in_child(spec("fake:bug"), LoadSettings(), 60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import warnings
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -39,10 +39,10 @@ def _fail(message: str) -> NoReturn:
     raise Failure(message)
 
 
-study_argument = click.argument("study_file", metavar="STUDY.toml",
-                                type=click.Path(dir_okay=False))
-storage_option = click.option("--storage", metavar="URL",
-                              help="Storage URL; overrides the study file's.")
+study_argument = click.argument("study_file", metavar="STUDY.toml", type=click.Path(dir_okay=False))
+storage_option = click.option(
+    "--storage", metavar="URL", help="Storage URL; overrides the study file's."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,8 +66,12 @@ def _load(path: str) -> StudyConfig:
 
 @cli.command()
 @study_argument
-@click.option("--trials", type=click.IntRange(min=1), metavar="N",
-              help="Run until the study holds N complete trials (default: the study file's).")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run until the study holds N complete trials (default: the study file's).",
+)
 @click.option("--timeout", metavar="DURATION", help="Start no new trial after this, e.g. 8h.")
 @storage_option
 def run(study_file: str, trials: int | None, timeout: str | None, storage: str | None) -> None:
@@ -75,20 +79,30 @@ def run(study_file: str, trials: int | None, timeout: str | None, storage: str |
     config = _load(study_file)
     try:
         timeout_s = parse_duration(timeout, "--timeout") if timeout else config.timeout_s
-        model = backend_class(config.backend).preflight(config.model, config.base_dir,
-                                                        config.host)
-        spec = WorkerSpec(config.backend, model, config.workloads, config.sampling,
-                          config.repeats, config.warmup, memory_limit_mb=config.memory_limit_mb)
-        sweep = Sweep(config, lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
-                      storage)
+        model = backend_class(config.backend).preflight(config.model, config.base_dir, config.host)
+        spec = WorkerSpec(
+            config.backend,
+            model,
+            config.workloads,
+            config.sampling,
+            config.repeats,
+            config.warmup,
+            memory_limit_mb=config.memory_limit_mb,
+        )
+        sweep = Sweep(
+            config, lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p), storage
+        )
         study = sweep.open()
     except SweeperError as exc:
         _fail(str(exc))
     target = trials or config.trials
     done = results.status(study, [])["complete"]
     if done >= target:
-        click.echo(f"study {config.name!r} already holds {done} complete trials "
-                   f"(target {target}); raise --trials to run more", err=True)
+        click.echo(
+            f"study {config.name!r} already holds {done} complete trials "
+            f"(target {target}); raise --trials to run more",
+            err=True,
+        )
         return
     bar = _ProgressBar(config, total=target - done)
     sweep.progress = bar.on_progress
@@ -98,17 +112,21 @@ def run(study_file: str, trials: int | None, timeout: str | None, storage: str |
     except KeyboardInterrupt:
         bar.close()
         complete = results.status(study, [])["complete"]
-        _fail(f"interrupted: the running trial was stopped and will run again on resume; "
-              f"{complete} complete trials are stored in {redact(storage or config.storage)}; "
-              f"run the same command to resume")
+        _fail(
+            f"interrupted: the running trial was stopped and will run again on resume; "
+            f"{complete} complete trials are stored in {redact(storage or config.storage)}; "
+            f"run the same command to resume"
+        )
     except SweeperError as exc:
         bar.close()
         _fail(str(exc))
     except WorkerError as exc:
         bar.close()
         click.echo(str(exc), err=True)
-        _fail("internal error in the trial worker (traceback above); the trial is marked FAIL "
-              "and completed trials are kept; please report this")
+        _fail(
+            "internal error in the trial worker (traceback above); the trial is marked FAIL "
+            "and completed trials are kept; please report this"
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     bar.close()
@@ -129,9 +147,13 @@ class _ProgressBar:
     def __init__(self, config: StudyConfig, total: int) -> None:
         self.config = config
         self.runs_per_workload = config.warmup + config.repeats
-        self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
-                                   "{postfix}")
+        self.bar = tqdm(
+            total=total,
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}",
+        )
         self.best: dict[str, str] = {}
 
     def on_progress(self, kind: str, *args: Any) -> None:
@@ -170,8 +192,9 @@ def status(study_file: str, storage: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"study {config.name} ({redact(storage or config.storage)}): "
-               f"{_status_line(summary)}")
+    click.echo(
+        f"study {config.name} ({redact(storage or config.storage)}): {_status_line(summary)}"
+    )
     base = summary["baseline_trial"]
     click.echo(f"baseline: trial {base}" if base is not None else "baseline: not measured yet")
     for name, best in summary["best"].items():
@@ -222,8 +245,9 @@ def pareto(study_file: str, storage: str | None, workload: str | None, as_json: 
     for i, (w, front) in enumerate(fronts.items()):
         if i:
             click.echo()
-        click.echo(f"{w}: {len(front)} trials on the front "
-                   f"(median of {config.repeats} runs [min-max])")
+        click.echo(
+            f"{w}: {len(front)} trials on the front (median of {config.repeats} runs [min-max])"
+        )
         if not front:
             click.echo("  no feasible trials yet")
             continue

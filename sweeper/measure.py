@@ -38,8 +38,12 @@ class Run:
 
     @staticmethod
     def from_timestamps(
-        start: float, token_times: Sequence[float], prompt_tokens: int, stop_reason: str,
-        end: float, backend_stats: dict[str, Any] | None = None,
+        start: float,
+        token_times: Sequence[float],
+        prompt_tokens: int,
+        stop_reason: str,
+        end: float,
+        backend_stats: dict[str, Any] | None = None,
     ) -> Run:
         """Build a run from the perf_counter() time of the request and of each output token."""
         n = len(token_times)
@@ -47,8 +51,13 @@ class Run:
         span = token_times[-1] - token_times[0] if n > 1 else 0.0
         tok_s = (n - 1) / span if span > 0 else 0.0
         return Run(
-            ttft_s=ttft, decode_tok_s=tok_s, output_tokens=n, prompt_tokens=prompt_tokens,
-            stop_reason=stop_reason, total_s=end - start, backend_stats=dict(backend_stats or {}),
+            ttft_s=ttft,
+            decode_tok_s=tok_s,
+            output_tokens=n,
+            prompt_tokens=prompt_tokens,
+            stop_reason=stop_reason,
+            total_s=end - start,
+            backend_stats=dict(backend_stats or {}),
         )
 
 
@@ -69,7 +78,8 @@ class Spread:
             raise ValueError("no values")
         q1, q3 = (
             statistics.quantiles(values, n=4, method="inclusive")[::2]
-            if len(values) > 1 else (values[0], values[0])
+            if len(values) > 1
+            else (values[0], values[0])
         )
         return Spread(statistics.median(values), min(values), max(values), q1, q3, len(values))
 
@@ -97,7 +107,7 @@ class WorkloadResult:
 
     @property
     def hit_cap(self) -> bool:
-        """True when every run stopped at the token cap (so a short output is not the model's choice)."""
+        """Every run stopped at the token cap: a short output is then not the model's choice."""
         return all(r.output_tokens >= self.max_tokens for r in self.runs)
 
     def summary(self) -> dict[str, Any]:
@@ -143,8 +153,14 @@ def measure_workloads(
         for i in range(warmup + repeats):
             run = backend.generate(w, sampling)
             (warm if i < warmup else runs).append(run)
-            log.debug("%s run %d: %.1f tok/s, ttft %.3f s, %d tokens", w.name, i,
-                      run.decode_tok_s, run.ttft_s, run.output_tokens)
+            log.debug(
+                "%s run %d: %.1f tok/s, ttft %.3f s, %d tokens",
+                w.name,
+                i,
+                run.decode_tok_s,
+                run.ttft_s,
+                run.output_tokens,
+            )
             if on_run is not None:
                 on_run(w.name, i - warmup, run)
         results[w.name] = WorkloadResult(w.name, w.max_tokens, tuple(runs), tuple(warm))

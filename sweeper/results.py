@@ -41,8 +41,11 @@ def failure_reason(t: FrozenTrial, workload: str | None = None) -> str | None:
         return t.user_attrs.get("failure_reason") or t.state.name.lower()
     if t.constraints.get("failed", 0.0) > 0:
         return str(t.user_attrs.get("failure_reason", "failed"))
-    keys = [f"truncated:{workload}"] if workload else [k for k in t.constraints
-                                                       if k.startswith("truncated:")]
+    keys = (
+        [f"truncated:{workload}"]
+        if workload
+        else [k for k in t.constraints if k.startswith("truncated:")]
+    )
     if any(t.constraints.get(k, 0.0) > 0 for k in keys):
         return "truncated"
     return None
@@ -58,19 +61,26 @@ def points(study: optuna.Study, workload: str) -> list[Point]:
         if data is None or failure_reason(t, workload):
             continue
         tok, ttft = data["tok_s"], data["ttft_s"]
-        out.append(Point(
-            trial=t.number, settings=t.user_attrs.get("settings", {}), tok_s=tok, ttft_s=ttft,
-            output_tokens=data["output_tokens"]["median"], stop_reasons=data["stop_reasons"],
-            baseline=t.user_attrs.get("tag") == "baseline",
-            mismatch=t.user_attrs.get("mismatch", {}),
-            delta_tok_s_pct=_pct(tok["median"], ref["tok_s"]["median"]) if ref else None,
-            delta_ttft_pct=_pct(ttft["median"], ref["ttft_s"]["median"]) if ref else None,
-        ))
+        out.append(
+            Point(
+                trial=t.number,
+                settings=t.user_attrs.get("settings", {}),
+                tok_s=tok,
+                ttft_s=ttft,
+                output_tokens=data["output_tokens"]["median"],
+                stop_reasons=data["stop_reasons"],
+                baseline=t.user_attrs.get("tag") == "baseline",
+                mismatch=t.user_attrs.get("mismatch", {}),
+                delta_tok_s_pct=_pct(tok["median"], ref["tok_s"]["median"]) if ref else None,
+                delta_ttft_pct=_pct(ttft["median"], ref["ttft_s"]["median"]) if ref else None,
+            )
+        )
     return out
 
 
 def pareto_front(pts: list[Point]) -> list[Point]:
     """Points no other point beats on both tok/s (higher) and TTFT (lower); fastest first."""
+
     def dominates(a: Point, b: Point) -> bool:
         at, bt = a.tok_s["median"], b.tok_s["median"]
         af, bf = a.ttft_s["median"], b.ttft_s["median"]
@@ -83,15 +93,20 @@ def pareto_front(pts: list[Point]) -> list[Point]:
 def status(study: optuna.Study, workloads: list[str]) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
-    reasons = Counter(r for t in trials if t.state == TrialState.COMPLETE
-                      and (r := failure_reason(t)) is not None)
+    reasons = Counter(
+        r for t in trials if t.state == TrialState.COMPLETE and (r := failure_reason(t)) is not None
+    )
     best = {}
     for w in workloads:
         pts = points(study, w)
         if pts:
             p = max(pts, key=lambda p: p.tok_s["median"])
-            best[w] = {"trial": p.trial, "tok_s": p.tok_s["median"], "ttft_s": p.ttft_s["median"],
-                       "delta_tok_s_pct": p.delta_tok_s_pct}
+            best[w] = {
+                "trial": p.trial,
+                "tok_s": p.tok_s["median"],
+                "ttft_s": p.ttft_s["median"],
+                "delta_tok_s_pct": p.delta_tok_s_pct,
+            }
     workers = Counter(str(t.user_attrs.get("worker", "?")) for t in trials)
     base = baseline_trial(study)
     return {

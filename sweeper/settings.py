@@ -35,30 +35,93 @@ class Param:
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in (
-        Param("context_length", int, "llm.load.contextLength", "n_ctx",
-              "tokens the KV cache holds", low=1),
-        Param("gpu_offload", float, "llm.load.llama.acceleration.offloadRatio", "n_gpu_layers",
-              "share of layers on the GPU, 0..1 (llama.cpp: round(ratio x layers))",
-              low=0.0, high=1.0),
-        Param("eval_batch_size", int, "llm.load.llama.evalBatchSize", "n_batch",
-              "logical prompt batch", low=1),
-        Param("physical_batch_size", int, "llm.load.llama.physicalBatchSize", "n_ubatch",
-              "physical (micro) batch, <= eval_batch_size", low=1),
-        Param("cpu_threads", int, "llm.load.llama.cpuThreadPoolSize", "n_threads",
-              "CPU threads for generation", low=1),
-        Param("flash_attention", bool, "llm.load.llama.flashAttention", "flash_attn",
-              "flash attention"),
-        Param("k_cache_type", str, "llm.load.llama.kCacheQuantizationType", "type_k",
-              "K cache element type", choices=CACHE_TYPES),
-        Param("v_cache_type", str, "llm.load.llama.vCacheQuantizationType", "type_v",
-              "V cache element type (quantized types need flash_attention)", choices=CACHE_TYPES),
+        Param(
+            "context_length",
+            int,
+            "llm.load.contextLength",
+            "n_ctx",
+            "tokens the KV cache holds",
+            low=1,
+        ),
+        Param(
+            "gpu_offload",
+            float,
+            "llm.load.llama.acceleration.offloadRatio",
+            "n_gpu_layers",
+            "share of layers on the GPU, 0..1 (llama.cpp: round(ratio x layers))",
+            low=0.0,
+            high=1.0,
+        ),
+        Param(
+            "eval_batch_size",
+            int,
+            "llm.load.llama.evalBatchSize",
+            "n_batch",
+            "logical prompt batch",
+            low=1,
+        ),
+        Param(
+            "physical_batch_size",
+            int,
+            "llm.load.llama.physicalBatchSize",
+            "n_ubatch",
+            "physical (micro) batch, <= eval_batch_size",
+            low=1,
+        ),
+        Param(
+            "cpu_threads",
+            int,
+            "llm.load.llama.cpuThreadPoolSize",
+            "n_threads",
+            "CPU threads for generation",
+            low=1,
+        ),
+        Param(
+            "flash_attention",
+            bool,
+            "llm.load.llama.flashAttention",
+            "flash_attn",
+            "flash attention",
+        ),
+        Param(
+            "k_cache_type",
+            str,
+            "llm.load.llama.kCacheQuantizationType",
+            "type_k",
+            "K cache element type",
+            choices=CACHE_TYPES,
+        ),
+        Param(
+            "v_cache_type",
+            str,
+            "llm.load.llama.vCacheQuantizationType",
+            "type_v",
+            "V cache element type (quantized types need flash_attention)",
+            choices=CACHE_TYPES,
+        ),
         Param("mmap", bool, "llm.load.llama.tryMmap", "use_mmap", "memory-map the weights"),
-        Param("keep_in_memory", bool, "llm.load.llama.keepModelInMemory", "use_mlock",
-              "lock the weights in RAM"),
-        Param("offload_kv_cache", bool, "llm.load.offloadKVCacheToGpu", "offload_kqv",
-              "KV cache on the GPU"),
-        Param("cpu_moe_layers", int, "llm.load.numCpuExpertLayersRatio", "--n-cpu-moe",
-              "MoE expert weights of the first N layers kept on the CPU", low=0),
+        Param(
+            "keep_in_memory",
+            bool,
+            "llm.load.llama.keepModelInMemory",
+            "use_mlock",
+            "lock the weights in RAM",
+        ),
+        Param(
+            "offload_kv_cache",
+            bool,
+            "llm.load.offloadKVCacheToGpu",
+            "offload_kqv",
+            "KV cache on the GPU",
+        ),
+        Param(
+            "cpu_moe_layers",
+            int,
+            "llm.load.numCpuExpertLayersRatio",
+            "--n-cpu-moe",
+            "MoE expert weights of the first N layers kept on the CPU",
+            low=0,
+        ),
     )
 }
 
@@ -115,9 +178,7 @@ def check_value(name: str, value: Any, where: str) -> None:
     if param.high is not None and value > param.high:
         raise StudyFileError(f"{where}.{name}: {value!r} is above the maximum {param.high:g}")
     if param.choices is not None and value not in param.choices:
-        raise StudyFileError(
-            f"{where}.{name}: {value!r} is not one of {', '.join(param.choices)}"
-        )
+        raise StudyFileError(f"{where}.{name}: {value!r} is not one of {', '.join(param.choices)}")
 
 
 def invalid_combination(settings: LoadSettings) -> str | None:

@@ -32,9 +32,11 @@ class Dimension:
         assert self.low is not None and self.high is not None
         if PARAMS[self.name].type is int:
             return optuna.distributions.IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return optuna.distributions.FloatDistribution(
-            self.low, self.high, log=self.log, step=self.step)
+            self.low, self.high, log=self.log, step=self.step
+        )
 
     def contains(self, value: Any) -> bool:
         dist = self.distribution()
@@ -79,8 +81,10 @@ class SearchSpace:
         return set(self.dimensions) | set(self.fixed.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"search": {n: d.to_dict() for n, d in self.dimensions.items()},
-                "fixed": self.fixed.to_dict()}
+        return {
+            "search": {n: d.to_dict() for n, d in self.dimensions.items()},
+            "fixed": self.fixed.to_dict(),
+        }
 
     def suggest(self, trial: optuna.Trial, baseline: LoadSettings | None = None) -> LoadSettings:
         """Pick the settings for ``trial``. A baseline trial takes the baseline's values,
@@ -116,8 +120,9 @@ def _suggest(trial: optuna.Trial, dim: Dimension) -> Any:
         return trial.suggest_categorical(dim.name, dim.choices)
     assert dim.low is not None and dim.high is not None
     if PARAMS[dim.name].type is int:
-        return trial.suggest_int(dim.name, int(dim.low), int(dim.high),
-                                 step=int(dim.step or 1), log=dim.log)
+        return trial.suggest_int(
+            dim.name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log
+        )
     value = trial.suggest_float(dim.name, dim.low, dim.high, step=dim.step, log=dim.log)
     return round(value, 6)  # float steps come back as 0.8799999999999999
 
@@ -131,7 +136,7 @@ def _parse_choices(name: str, spec: list[Any], where: str) -> Dimension:
         raise StudyFileError(f"{where}.{name}: choices repeat: {spec!r}")
     if name == "v_cache_type" and not any(v in UNQUANTIZED_CACHE_TYPES for v in spec):
         raise StudyFileError(
-            f"{where}.v_cache_type: add \"f16\" to the choices (quantized V caches need "
+            f'{where}.v_cache_type: add "f16" to the choices (quantized V caches need '
             "flash attention, and trials with it off fall back to f16)"
         )
     return Dimension(name, choices=tuple(spec))
@@ -147,8 +152,11 @@ def _parse_range(name: str, spec: dict[str, Any], where: str) -> Dimension:
     if unknown or "low" not in spec or "high" not in spec:
         raise StudyFileError(
             f"{where}.{name}: a range is {{low = ..., high = ..., step = ..., log = ...}}"
-            + (f"; unknown key(s) {', '.join(sorted(unknown))}" if unknown else
-               "; low and high are required")
+            + (
+                f"; unknown key(s) {', '.join(sorted(unknown))}"
+                if unknown
+                else "; low and high are required"
+            )
         )
     low, high = spec["low"], spec["high"]
     check_value(name, low, where)
@@ -156,8 +164,9 @@ def _parse_range(name: str, spec: dict[str, Any], where: str) -> Dimension:
     if low >= high:
         raise StudyFileError(f"{where}.{name}: low ({low}) must be below high ({high})")
     step, log = spec.get("step"), spec.get("log", False)
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)
-                             or step <= 0):
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, int | float) or step <= 0
+    ):
         raise StudyFileError(f"{where}.{name}: step must be a positive number")
     if not isinstance(log, bool):
         raise StudyFileError(f"{where}.{name}: log must be true or false")

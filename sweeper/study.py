@@ -59,7 +59,10 @@ def open_storage(url: str) -> RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 60}
     try:
         return RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=30,
+            grace_period=120,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
@@ -70,20 +73,22 @@ def open_storage(url: str) -> RDBStorage:
         ) from None
 
 
-def open_study(config: StudyConfig, storage_url: str | None = None, *,
-               create: bool = False) -> optuna.Study:
+def open_study(
+    config: StudyConfig, storage_url: str | None = None, *, create: bool = False
+) -> optuna.Study:
     """Open the study the file describes; create it only when ``create``."""
     url = storage_url or config.storage
     if not create and url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:" and not os.path.exists(path):
-            raise StorageError(
-                f"no study yet at {path}; run `sweeper run {config.path}` first")
+            raise StorageError(f"no study yet at {path}; run `sweeper run {config.path}` first")
     storage = open_storage(url)
     names = metric_names([w.name for w in config.workloads])
     if create:
         study = optuna.create_study(
-            study_name=config.name, storage=storage, load_if_exists=True,
+            study_name=config.name,
+            storage=storage,
+            load_if_exists=True,
             directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] * len(config.workloads),
         )
         if not study.user_attrs.get("config"):
@@ -96,7 +101,8 @@ def open_study(config: StudyConfig, storage_url: str | None = None, *,
         except KeyError:
             raise StorageError(
                 f"no study named {config.name!r} in {redact(url)}; "
-                f"run `sweeper run {config.path}` first") from None
+                f"run `sweeper run {config.path}` first"
+            ) from None
     _check_same_study(study, config, names)
     return study
 
@@ -135,8 +141,13 @@ class Sweep:
     def open(self) -> optuna.Study:
         return open_study(self.config, self.storage_url, create=True)
 
-    def run(self, study: optuna.Study, trials: int | None = None, timeout_s: float | None = None,
-            callbacks: Sequence[Callback] = ()) -> int:
+    def run(
+        self,
+        study: optuna.Study,
+        trials: int | None = None,
+        timeout_s: float | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> int:
         """Run until the study holds ``trials`` complete trials; return how many ran now."""
         target = trials or self.config.trials
         before = len(study.get_trials(deepcopy=False, states=_FINISHED))
@@ -147,7 +158,9 @@ class Sweep:
             return 0
         study.sampler = self._sampler(study, target)
         study.optimize(
-            self.objective, n_trials=target - done, timeout=timeout_s,
+            self.objective,
+            n_trials=target - done,
+            timeout=timeout_s,
             callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), *callbacks],
         )
         return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
@@ -157,14 +170,18 @@ class Sweep:
         # moves on with the number of trials already stored.
         seed = self.config.sampler_seed + len(study.get_trials(deepcopy=False))
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=max(4, min(10, target // 5)))
+            seed=seed, multivariate=True, n_startup_trials=max(4, min(10, target // 5))
+        )
 
     def _enqueue_baseline(self, study: optuna.Study) -> None:
         if any(t.user_attrs.get("tag") == "baseline" for t in study.get_trials(deepcopy=False)):
             return
         dims = self.config.space.dimensions
-        params = {name: value for name, value in self.config.baseline.to_dict().items()
-                  if name in dims and dims[name].contains(value)}
+        params = {
+            name: value
+            for name, value in self.config.baseline.to_dict().items()
+            if name in dims and dims[name].contains(value)
+        }
         study.enqueue_trial(params, user_attrs={"tag": "baseline"})
 
     def _enqueue_retries(self, study: optuna.Study) -> None:
@@ -172,8 +189,11 @@ class Sweep:
         trials = study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         for t in trials:
-            if t.state == TrialState.FAIL and t.number not in retried and \
-                    t.user_attrs.get("failure_reason") == "interrupted":
+            if (
+                t.state == TrialState.FAIL
+                and t.number not in retried
+                and t.user_attrs.get("failure_reason") == "interrupted"
+            ):
                 attrs: dict[str, Any] = {"retry_of": t.number}
                 if "tag" in t.user_attrs:
                     attrs["tag"] = t.user_attrs["tag"]
@@ -208,11 +228,15 @@ class Sweep:
             trial.set_constraint(f"truncated:{w.name}", 0.0)
         return [WORST_TOK_S, WORST_TTFT_S] * len(self.config.workloads)
 
-    def _record(self, trial: optuna.Trial, settings: LoadSettings, outcome: TrialOutcome,
-                wall_s: float) -> list[float]:
+    def _record(
+        self, trial: optuna.Trial, settings: LoadSettings, outcome: TrialOutcome, wall_s: float
+    ) -> list[float]:
         trial.set_user_attr("applied", outcome.applied)
-        mismatch = {k: [v, outcome.applied.get(k)] for k, v in settings.to_dict().items()
-                    if k in outcome.applied and not _same(v, outcome.applied[k])}
+        mismatch = {
+            k: [v, outcome.applied.get(k)]
+            for k, v in settings.to_dict().items()
+            if k in outcome.applied and not _same(v, outcome.applied[k])
+        }
         trial.set_user_attr("mismatch", mismatch)
         trial.set_user_attr("load_s", outcome.load_s)
         trial.set_user_attr("gen_s", outcome.gen_s)

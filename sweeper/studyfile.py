@@ -60,7 +60,8 @@ class _StudyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sampling: _Sampling = msgspec.field(default_factory=_Sampling)
     baseline: dict[str, Any] = msgspec.field(default_factory=dict)
     workloads: list[_Workload] = msgspec.field(
-        default_factory=lambda: [_Workload(name=n) for n in BUILTIN_PROMPTS])
+        default_factory=lambda: [_Workload(name=n) for n in BUILTIN_PROMPTS]
+    )
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,10 @@ class StudyConfig:
             "backend": self.backend,
             "model": self.model,
             "space": self.space.to_dict(),
-            "workloads": {w.name: {"max_tokens": w.max_tokens, "prompt": w.prompt,
-                                   "system": w.system} for w in self.workloads},
+            "workloads": {
+                w.name: {"max_tokens": w.max_tokens, "prompt": w.prompt, "system": w.system}
+                for w in self.workloads
+            },
             "sampling": vars(self.sampling),
             "repeats": self.repeats,
             "warmup": self.warmup,
@@ -154,12 +157,22 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         raise StudyFileError(f"workloads: names repeat: {', '.join(names)}")
     storage = doc.storage or f"sqlite:///{(path.parent / (doc.name + '.db')).resolve()}"
     return StudyConfig(
-        path=path, name=doc.name, backend=doc.backend, model=doc.model, storage=storage,
-        host=doc.host, space=space, baseline=baseline, workloads=workloads,
+        path=path,
+        name=doc.name,
+        backend=doc.backend,
+        model=doc.model,
+        storage=storage,
+        host=doc.host,
+        space=space,
+        baseline=baseline,
+        workloads=workloads,
         sampling=Sampling(**msgspec.structs.asdict(doc.sampling)),
-        repeats=doc.measure.repeats, warmup=doc.measure.warmup,
-        min_output_ratio=doc.measure.min_output_ratio, trials=doc.budget.trials,
-        timeout_s=parse_duration(doc.budget.timeout, "budget.timeout") if doc.budget.timeout
+        repeats=doc.measure.repeats,
+        warmup=doc.measure.warmup,
+        min_output_ratio=doc.measure.min_output_ratio,
+        trials=doc.budget.trials,
+        timeout_s=parse_duration(doc.budget.timeout, "budget.timeout")
+        if doc.budget.timeout
         else None,
         trial_timeout_s=parse_duration(doc.budget.trial_timeout, "budget.trial_timeout"),
         memory_limit_mb=doc.budget.memory_limit_mb,
@@ -179,12 +192,14 @@ def _workload(w: _Workload, base_dir: Path) -> Workload:
         try:
             prompt = file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise StudyFileError(f"{where}.prompt_file: cannot read {file} ({exc.strerror})")
+            raise StudyFileError(
+                f"{where}.prompt_file: cannot read {file} ({exc.strerror})"
+            ) from None
     if prompt is None:
         if w.name not in BUILTIN_PROMPTS:
             raise StudyFileError(
                 f"{where}: unknown workload; built-in workloads are "
-                f"{', '.join(BUILTIN_PROMPTS)}, or give your own with prompt = \"...\""
+                f'{", ".join(BUILTIN_PROMPTS)}, or give your own with prompt = "..."'
             )
         wl = builtin(w.name, w.max_tokens)
         return Workload(wl.name, wl.prompt, wl.max_tokens, w.system)

@@ -33,8 +33,8 @@ from sweeper.workloads import Sampling, Workload
 Progress = Callable[..., None]
 
 _OOM_PATTERNS = re.compile(
-    r"out of memory|insufficient memory|failed to allocate|cannot allocate|unable to allocate|cudaMalloc failed"
-    r"|ErrorOutOfDeviceMemory|std::bad_alloc",
+    r"out of memory|insufficient memory|failed to allocate|cannot allocate|unable to allocate"
+    r"|cudaMalloc failed|ErrorOutOfDeviceMemory|std::bad_alloc",
     re.IGNORECASE,
 )
 
@@ -60,29 +60,39 @@ class WorkerSpec:
     memory_limit_mb: int | None = None
 
 
-def measure(backend: Backend, spec: WorkerSpec, settings: LoadSettings,
-            progress: Progress | None = None) -> TrialOutcome:
+def measure(
+    backend: Backend, spec: WorkerSpec, settings: LoadSettings, progress: Progress | None = None
+) -> TrialOutcome:
     applied, load_s = timed(lambda: backend.load(settings))
     if progress:
         progress("loaded", load_s)
     on_run = (lambda w, i, r: progress("run", w, i, r)) if progress else None
     gen_start = time.perf_counter()
-    results = measure_workloads(backend, spec.workloads, spec.sampling, spec.repeats,
-                                spec.warmup, on_run)
+    results = measure_workloads(
+        backend, spec.workloads, spec.sampling, spec.repeats, spec.warmup, on_run
+    )
     gen_s = time.perf_counter() - gen_start
     gpu_mb = gpu_memory_used_mb()
     backend.unload()
-    return TrialOutcome(applied=applied, load_s=load_s, workloads=results, gen_s=gen_s,
-                        peak_rss_mb=_peak_rss_mb(), gpu_mem_mb=gpu_mb)
+    return TrialOutcome(
+        applied=applied,
+        load_s=load_s,
+        workloads=results,
+        gen_s=gen_s,
+        peak_rss_mb=_peak_rss_mb(),
+        gpu_mem_mb=gpu_mb,
+    )
 
 
-def run_in_process(backend: Backend, spec: WorkerSpec, settings: LoadSettings,
-                   progress: Progress | None = None) -> TrialOutcome:
+def run_in_process(
+    backend: Backend, spec: WorkerSpec, settings: LoadSettings, progress: Progress | None = None
+) -> TrialOutcome:
     return measure(backend, spec, settings, progress)
 
 
-def run_in_child(spec: WorkerSpec, settings: LoadSettings, timeout_s: float,
-                 progress: Progress | None = None) -> TrialOutcome:
+def run_in_child(
+    spec: WorkerSpec, settings: LoadSettings, timeout_s: float, progress: Progress | None = None
+) -> TrialOutcome:
     """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -157,8 +167,10 @@ def _died(exitcode: int | None, log_path: str) -> TrialFailure:
     line = _oom_line(log_path)
     if exitcode == -signal.SIGKILL:
         return TrialFailure(
-            "oom", "worker killed by SIGKILL, most likely by the kernel's out-of-memory killer"
-            + (f" ({line})" if line else ""))
+            "oom",
+            "worker killed by SIGKILL, most likely by the kernel's out-of-memory killer"
+            + (f" ({line})" if line else ""),
+        )
     if line:
         return TrialFailure("oom", f"worker exited with code {exitcode} ({line})")
     if exitcode is not None and exitcode < 0:

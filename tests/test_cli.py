@@ -64,29 +64,47 @@ def test_resume_to_five(write_study: WriteStudy) -> None:
 
 
 ERRORS = [
-    (["run", "{path}"], {'backend = "fake"': 'backend = "nope"'},
-     "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp\n"),
-    (["run", "{path}"], {"cpu_threads = [1, 2, 4]": "cpu_threds = [1, 2]"},
-     "error: {path}: space: unknown parameter 'cpu_threds'; known parameters: context_length, "
-     "gpu_offload, eval_batch_size, physical_batch_size, cpu_threads, flash_attention, "
-     "k_cache_type, v_cache_type, mmap, keep_in_memory, offload_kv_cache, cpu_moe_layers\n"),
+    (
+        ["run", "{path}"],
+        {'backend = "fake"': 'backend = "nope"'},
+        "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp\n",
+    ),
+    (
+        ["run", "{path}"],
+        {"cpu_threads = [1, 2, 4]": "cpu_threds = [1, 2]"},
+        "error: {path}: space: unknown parameter 'cpu_threds'; known parameters: context_length, "
+        "gpu_offload, eval_batch_size, physical_batch_size, cpu_threads, flash_attention, "
+        "k_cache_type, v_cache_type, mmap, keep_in_memory, offload_kv_cache, cpu_moe_layers\n",
+    ),
     (["status", "{path}"], {}, "error: no study yet at {db}; run `sweeper run {path}` first\n"),
-    (["pareto", "{path}", "--workload", "medium"], {},
-     "error: unknown workload 'medium'; this study has: short, long\n"),
-    (["run", "{path}", "--timeout", "tomorrow"], {},
-     "error: --timeout: 'tomorrow' is not a duration; write e.g. 8h, 90m, 1h30m or 45s\n"),
-    (["run", "{path}", "--storage", "nosuchdb://x"], {},
-     "error: cannot open storage nosuchdb://x: Can't load plugin: sqlalchemy.dialects:nosuchdb; "
-     "check the storage URL and that the database server is running\n"),
-    (["run", "{path}", "--storage", "postgresql://u:secret@127.0.0.1:9/db"], {},
-     "error: cannot open storage postgresql://u:***@127.0.0.1:9/db: "),
+    (
+        ["pareto", "{path}", "--workload", "medium"],
+        {},
+        "error: unknown workload 'medium'; this study has: short, long\n",
+    ),
+    (
+        ["run", "{path}", "--timeout", "tomorrow"],
+        {},
+        "error: --timeout: 'tomorrow' is not a duration; write e.g. 8h, 90m, 1h30m or 45s\n",
+    ),
+    (
+        ["run", "{path}", "--storage", "nosuchdb://x"],
+        {},
+        "error: cannot open storage nosuchdb://x: Can't load plugin: sqlalchemy.dialects:nosuchdb; "
+        "check the storage URL and that the database server is running\n",
+    ),
+    (
+        ["run", "{path}", "--storage", "postgresql://u:secret@127.0.0.1:9/db"],
+        {},
+        "error: cannot open storage postgresql://u:***@127.0.0.1:9/db: ",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("args", "replace", "expected"), ERRORS)
-def test_errors_are_one_line_and_exit_2(write_study: WriteStudy, tmp_path: Path,
-                                        args: list[str], replace: dict[str, str],
-                                        expected: str) -> None:
+def test_errors_are_one_line_and_exit_2(
+    write_study: WriteStudy, tmp_path: Path, args: list[str], replace: dict[str, str], expected: str
+) -> None:
     path = write_study(FAKE_STUDY, **replace)
     fill = {"path": str(path), "db": str(tmp_path.resolve() / "fake.db")}
     code, out, err = invoke(*[a.format(**fill) for a in args])
@@ -103,10 +121,16 @@ def test_missing_study_file(tmp_path: Path) -> None:
 
 
 def test_missing_model_file(write_study: WriteStudy, tmp_path: Path) -> None:
-    path = write_study(**{'backend = "fake"': 'backend = "llama.cpp"',
-                          'model = "fake-model"': 'model = "models/none.gguf"'})
+    path = write_study(
+        **{
+            'backend = "fake"': 'backend = "llama.cpp"',
+            'model = "fake-model"': 'model = "models/none.gguf"',
+        }
+    )
     code, _, err = invoke("run", path)
     assert code == 2
-    assert err == (f"error: model file not found: {tmp_path}/models/none.gguf; set `model` in "
-                   "the study file to a .gguf path or to package:<pypi package>\n")
+    assert err == (
+        f"error: model file not found: {tmp_path}/models/none.gguf; set `model` in "
+        "the study file to a .gguf path or to package:<pypi package>\n"
+    )
     assert not (tmp_path / "fake.db").exists()  # nothing created before the model is found

@@ -47,9 +47,17 @@ def test_turn_format_keeps_gemma_talking(backend: LlamaCppBackend) -> None:
 
 
 def test_applied_config_reports_what_llama_cpp_set_up(backend: LlamaCppBackend) -> None:
-    settings = LoadSettings(context_length=2048, eval_batch_size=256, physical_batch_size=128,
-                            cpu_threads=1, flash_attention=True, k_cache_type="q8_0",
-                            v_cache_type="q8_0", mmap=False, gpu_offload=1.0)
+    settings = LoadSettings(
+        context_length=2048,
+        eval_batch_size=256,
+        physical_batch_size=128,
+        cpu_threads=1,
+        flash_attention=True,
+        k_cache_type="q8_0",
+        v_cache_type="q8_0",
+        mmap=False,
+        gpu_offload=1.0,
+    )
     applied = backend.load(settings)
     for name, value in settings.to_dict().items():
         if name != "gpu_offload":

@@ -17,7 +17,7 @@ from sweeper.settings import LoadSettings, check_value, invalid_combination
     ],
 )
 def test_bad_values_are_named(name: str, value: object, message: str) -> None:
-    with pytest.raises(StudyFileError, match="^space") as err:
+    with pytest.raises(StudyFileError, match=r"^space") as err:
         check_value(name, value, "space")
     assert message in str(err.value)
 

@@ -7,19 +7,21 @@ from sweeper.space import SearchSpace
 
 
 def test_lists_ranges_and_scalars() -> None:
-    space = SearchSpace.parse({
-        "context_length": [1024, 4096],
-        "cpu_threads": {"low": 1, "high": 8},
-        "gpu_offload": {"low": 0.0, "high": 1.0, "step": 0.1},
-        "mmap": True,
-    })
+    space = SearchSpace.parse(
+        {
+            "context_length": [1024, 4096],
+            "cpu_threads": {"low": 1, "high": 8},
+            "gpu_offload": {"low": 0.0, "high": 1.0, "step": 0.1},
+            "mmap": True,
+        }
+    )
     assert set(space.dimensions) == {"context_length", "cpu_threads", "gpu_offload"}
     assert space.fixed == LoadSettings(mmap=True)
     trial = optuna.trial.FixedTrial(
-        {"context_length": 4096, "cpu_threads": 3, "gpu_offload": 0.7000000000000001})
+        {"context_length": 4096, "cpu_threads": 3, "gpu_offload": 0.7000000000000001}
+    )
     settings = space.suggest(trial)
-    assert settings == LoadSettings(context_length=4096, cpu_threads=3, gpu_offload=0.7,
-                                    mmap=True)
+    assert settings == LoadSettings(context_length=4096, cpu_threads=3, gpu_offload=0.7, mmap=True)
 
 
 def test_v_cache_type_is_only_searched_with_flash_attention() -> None:

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import FAKE_STUDY, WriteStudy
+from conftest import WriteStudy
 from sweeper import results, studyfile
 from sweeper.backends.fake import FAKE_OOM_CONTEXT, FakeBackend, default_behaviour
 from sweeper.errors import StorageError
@@ -20,11 +20,13 @@ from sweeper.worker import WorkerSpec, run_in_process
 from sweeper.workloads import Workload
 
 
-def make_sweep(config: StudyConfig, backend: FakeBackend | None = None) -> tuple[Sweep,
-                                                                                   FakeBackend]:
+def make_sweep(
+    config: StudyConfig, backend: FakeBackend | None = None
+) -> tuple[Sweep, FakeBackend]:
     backend = backend or FakeBackend("fake")
-    spec = WorkerSpec("fake", "fake", config.workloads, config.sampling, config.repeats,
-                      config.warmup)
+    spec = WorkerSpec(
+        "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
+    )
     return Sweep(config, lambda s, p: run_in_process(backend, spec, s, p)), backend
 
 
@@ -62,11 +64,11 @@ def test_measurements_are_stored_with_spread_and_raw_runs(write_study: WriteStud
     t = study.get_trials()[0]
     short = t.user_attrs["w:short"]
     assert len(short["runs"]) == 2 and short["warmup"] == []
-    expected = default_behaviour(LoadSettings(context_length=4096, cpu_threads=1),
-                                 config.workloads[0])
+    expected = default_behaviour(
+        LoadSettings(context_length=4096, cpu_threads=1), config.workloads[0]
+    )
     assert short["tok_s"]["median"] == pytest.approx(expected.decode_tok_s)
-    assert t.values == pytest.approx([expected.decode_tok_s, expected.ttft_s,
-                                      *t.values[2:]])
+    assert t.values == pytest.approx([expected.decode_tok_s, expected.ttft_s, *t.values[2:]])
     assert study.metric_names == ["short_tok_s", "short_ttft_s", "long_tok_s", "long_ttft_s"]
     assert t.constraints == {"failed": 0.0, "truncated:short": 0.0, "truncated:long": 0.0}
     assert t.user_attrs["applied"]["cpu_threads"] == 1
@@ -74,9 +76,11 @@ def test_measurements_are_stored_with_spread_and_raw_runs(write_study: WriteStud
 
 
 def test_out_of_memory_is_an_infeasible_trial_and_the_sweep_goes_on(
-        write_study: WriteStudy) -> None:
-    path = write_study(**{"context_length = [2048, 4096]":
-                          f"context_length = [{FAKE_OOM_CONTEXT}]"})
+    write_study: WriteStudy,
+) -> None:
+    path = write_study(
+        **{"context_length = [2048, 4096]": f"context_length = [{FAKE_OOM_CONTEXT}]"}
+    )
     config = studyfile.load(path)
     sweep, _ = make_sweep(config)
     study = sweep.open()
@@ -95,8 +99,9 @@ def test_out_of_memory_is_an_infeasible_trial_and_the_sweep_goes_on(
 
 
 def test_invalid_combinations_are_rejected_without_loading(write_study: WriteStudy) -> None:
-    path = write_study(**{"flash_attention = [false, true]":
-                          "eval_batch_size = [64]\nphysical_batch_size = [512]"})
+    path = write_study(
+        **{"flash_attention = [false, true]": "eval_batch_size = [64]\nphysical_batch_size = [512]"}
+    )
     config = studyfile.load(path)
     sweep, backend = make_sweep(config)
     study = sweep.open()
@@ -108,8 +113,7 @@ def test_invalid_combinations_are_rejected_without_loading(write_study: WriteStu
 def shorter_when_flash(settings: LoadSettings, workload: Workload) -> Run:
     run = default_behaviour(settings, workload)
     if settings.flash_attention:
-        return dataclasses.replace(run, output_tokens=workload.max_tokens // 2,
-                                   stop_reason="eos")
+        return dataclasses.replace(run, output_tokens=workload.max_tokens // 2, stop_reason="eos")
     return run
 
 
@@ -178,7 +182,7 @@ def test_a_changed_space_is_refused_under_the_same_study(write_study: WriteStudy
 
 def test_opening_a_study_that_does_not_exist(write_study: WriteStudy) -> None:
     config = studyfile.load(write_study())
-    with pytest.raises(StorageError, match="no study yet at .*; run `sweeper run"):
+    with pytest.raises(StorageError, match=r"no study yet at .*; run `sweeper run"):
         open_study(config)
 
 
@@ -189,14 +193,19 @@ def test_pareto_front_is_per_workload(write_study: WriteStudy) -> None:
         tok_s = 10.0 * threads if workload.name == "short" else 50.0 / threads
         return dataclasses.replace(run, decode_tok_s=tok_s, ttft_s=1.0)
 
-    path = write_study(**{"context_length = [2048, 4096]": "context_length = [4096]",
-                          "flash_attention = [false, true]": "flash_attention = [false]"})
+    path = write_study(
+        **{
+            "context_length = [2048, 4096]": "context_length = [4096]",
+            "flash_attention = [false, true]": "flash_attention = [false]",
+        }
+    )
     config = studyfile.load(path)
     sweep, _ = make_sweep(config, FakeBackend("fake", short_likes_threads))
     study = sweep.open()
     for threads in (2, 4):
-        study.enqueue_trial({"context_length": 4096, "cpu_threads": threads,
-                             "flash_attention": False})
+        study.enqueue_trial(
+            {"context_length": 4096, "cpu_threads": threads, "flash_attention": False}
+        )
     sweep.run(study, trials=3)
     short = results.pareto_front(results.points(study, "short"))
     long = results.pareto_front(results.points(study, "long"))
@@ -208,9 +217,14 @@ def test_pareto_front_is_per_workload(write_study: WriteStudy) -> None:
 
 def test_sampler_learns_to_avoid_out_of_memory(write_study: WriteStudy) -> None:
     """Infeasible (not FAIL) trials steer TPE away: most trials after start-up fit in memory."""
-    path = write_study(**{"context_length = [2048, 4096]":
-                          f"context_length = [2048, 4096, 8192, {FAKE_OOM_CONTEXT}]",
-                          "cpu_threads = [1, 2, 4]": "cpu_threads = {low = 1, high = 8}"})
+    path = write_study(
+        **{
+            "context_length = [2048, 4096]": (
+                f"context_length = [2048, 4096, 8192, {FAKE_OOM_CONTEXT}]"
+            ),
+            "cpu_threads = [1, 2, 4]": "cpu_threads = {low = 1, high = 8}",
+        }
+    )
     config = studyfile.load(path)
     sweep, _ = make_sweep(config)
     study = sweep.open()

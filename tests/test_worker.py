@@ -18,8 +18,9 @@ def spec(model: str) -> WorkerSpec:
 
 def test_a_result_comes_back_with_progress() -> None:
     events = []
-    outcome = run_in_child(spec("fake"), LoadSettings(cpu_threads=2), 60,
-                           lambda *e: events.append(e[:3]))
+    outcome = run_in_child(
+        spec("fake"), LoadSettings(cpu_threads=2), 60, lambda *e: events.append(e[:3])
+    )
     assert outcome.applied == {"model": "fake", "cpu_threads": 2}
     assert len(outcome.workloads["w"].runs) == 2
     assert len(outcome.workloads["w"].warmup) == 1

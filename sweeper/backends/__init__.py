@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from sweeper.errors import BackendUnavailable, StudyFileError
 from sweeper.measure import Run
@@ -21,13 +21,13 @@ class Backend(Protocol):
     ``GenerationError`` with a named reason; SDK exceptions never leave a backend.
     """
 
-    name: str
+    name: ClassVar[str]
     #: Canonical settings this backend can apply; anything else is rejected before a trial.
-    supported: frozenset[str]
+    supported: ClassVar[frozenset[str]]
     #: Why a canonical setting outside ``supported`` cannot be applied, for the error message.
-    unsupported_why: dict[str, str]
+    unsupported_why: ClassVar[dict[str, str]]
     #: Constructor options used when the backend runs in a worker process.
-    child_options: dict[str, Any]
+    child_options: ClassVar[dict[str, Any]]
 
     @staticmethod
     def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
@@ -42,7 +42,7 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Backend: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 

@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweeper.errors import GenerationError, LoadError
 from sweeper.measure import Run
@@ -32,15 +32,21 @@ def default_behaviour(settings: LoadSettings, workload: Workload) -> Run:
     tok_s = 20.0 + 5.0 * threads - ctx / 4096 + (3.0 if settings.flash_attention else 0.0)
     ttft = 0.05 + 25.0 / (settings.eval_batch_size or 512) + ctx / 1e6
     n = workload.max_tokens
-    return Run(ttft_s=ttft, decode_tok_s=tok_s, output_tokens=n, prompt_tokens=20,
-               stop_reason="max_tokens", total_s=ttft + (n - 1) / tok_s)
+    return Run(
+        ttft_s=ttft,
+        decode_tok_s=tok_s,
+        output_tokens=n,
+        prompt_tokens=20,
+        stop_reason="max_tokens",
+        total_s=ttft + (n - 1) / tok_s,
+    )
 
 
 class FakeBackend:
-    name = "fake"
-    supported = frozenset(PARAMS)
-    unsupported_why: dict[str, str] = {}
-    child_options: dict[str, object] = {}
+    name: ClassVar[str] = "fake"
+    supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
+    unsupported_why: ClassVar[dict[str, str]] = {}
+    child_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str, behaviour: Behaviour | None = None) -> None:
         self.model = model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError
 from sweeper.measure import Run
@@ -20,8 +20,17 @@ if TYPE_CHECKING:
     import llama_cpp
 
 #: GGML type ids (ggml.h) for the canonical cache type names.
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-              "iq4_nl": 20, "bf16": 30}
+GGML_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
 GGML_NAMES = {v: k for k, v in GGML_TYPES.items()}
 
 #: Turn formats for model families whose GGUF may carry no chat template. Without one,
@@ -44,16 +53,16 @@ def _llama_cpp() -> Any:
 
 
 class LlamaCppBackend:
-    name = "llama.cpp"
-    supported = frozenset(PARAMS) - {"cpu_moe_layers"}
-    unsupported_why = {
+    name: ClassVar[str] = "llama.cpp"
+    supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers"}
+    unsupported_why: ClassVar[dict[str, str]] = {
         "cpu_moe_layers": "llama-cpp-python 0.3.36 does not expose llama.cpp's tensor buffer "
         "overrides (--n-cpu-moe); use the lmstudio backend or llama-server's --n-cpu-moe",
     }
 
     #: In a worker process stderr goes to the trial's log, which names failures such as
     #: "failed to allocate buffer"; llama-cpp-python silences it unless verbose.
-    child_options = {"verbose": True}
+    child_options: ClassVar[dict[str, Any]] = {"verbose": True}
 
     def __init__(self, model: str, verbose: bool = False) -> None:
         self.model_path = model
@@ -66,13 +75,13 @@ class LlamaCppBackend:
     def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
         """Resolve ``model`` (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
         if model.startswith(PACKAGE_PREFIX):
-            package = model[len(PACKAGE_PREFIX):].replace("-", "_")
+            package = model[len(PACKAGE_PREFIX) :].replace("-", "_")
             try:
                 return str(importlib.import_module(package).assemble())
             except ImportError:
                 raise BackendUnavailable(
                     f"model package {package!r} is not installed; pip install "
-                    f"{model[len(PACKAGE_PREFIX):]} (or run `make install`)"
+                    f"{model[len(PACKAGE_PREFIX) :]} (or run `make install`)"
                 ) from None
         path = (base_dir / model).expanduser()
         if not path.is_file():
@@ -99,8 +108,9 @@ class LlamaCppBackend:
         if s.context_length is not None:
             kw["n_ctx"] = s.context_length
         if s.gpu_offload is not None:
-            kw["n_gpu_layers"] = -1 if s.gpu_offload >= 1 else round(
-                s.gpu_offload * self._block_count(lc))
+            kw["n_gpu_layers"] = (
+                -1 if s.gpu_offload >= 1 else round(s.gpu_offload * self._block_count(lc))
+            )
         if s.eval_batch_size is not None:
             kw["n_batch"] = s.eval_batch_size
         if s.physical_batch_size is not None:
@@ -146,11 +156,13 @@ class LlamaCppBackend:
             "k_cache_type": GGML_NAMES.get(cp.type_k, str(cp.type_k)),
             "v_cache_type": GGML_NAMES.get(cp.type_v, str(cp.type_v)),
             "mmap": mp.load_mode in (lc.LLAMA_LOAD_MODE_MMAP, lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
-            "keep_in_memory": mp.load_mode in (lc.LLAMA_LOAD_MODE_MLOCK,
-                                               lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
+            "keep_in_memory": mp.load_mode
+            in (lc.LLAMA_LOAD_MODE_MLOCK, lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
             "offload_kv_cache": bool(cp.offload_kqv),
             "llama.cpp": {
-                "n_gpu_layers": n_gpu, "n_layers": layers, "gpu_build": gpu,
+                "n_gpu_layers": n_gpu,
+                "n_layers": layers,
+                "gpu_build": gpu,
                 "n_threads_batch": int(cp.n_threads_batch),
                 "prompt_format": self._prompt_format,
                 "model": Path(self.model_path).name,
@@ -185,7 +197,7 @@ class LlamaCppBackend:
                 eos_token=llm.detokenize([llm.token_eos()]).decode(errors="replace"),
                 bos_token=llm.detokenize([llm.token_bos()]).decode(errors="replace"),
             )
-            return str(formatter(messages=messages).prompt)
+            return str(formatter(messages=cast(Any, messages)).prompt)
         if self._prompt_format in FAMILY_TURNS:
             return FAMILY_TURNS[self._prompt_format].format(user=user)
         return user
@@ -194,8 +206,9 @@ class LlamaCppBackend:
         lc = _llama_cpp()
         llm = self._require()
         start = time.perf_counter()
-        tokens = llm.tokenize(self.format_prompt(workload).encode("utf-8"), add_bos=True,
-                              special=True)
+        tokens = llm.tokenize(
+            self.format_prompt(workload).encode("utf-8"), add_bos=True, special=True
+        )
         n_ctx = self._usable_context()
         if len(tokens) + workload.max_tokens > n_ctx:
             raise GenerationError(
@@ -205,15 +218,20 @@ class LlamaCppBackend:
             )
         # A fresh KV cache every run: llama-cpp-python would otherwise reuse the cached prompt
         # prefix and report a time to first token without prompt processing.
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         llm.set_seed(sampling.seed)
         lc.llama_perf_context_reset(llm.ctx)
         times: list[float] = []
         stop = "max_tokens"
         try:
             for token in llm.generate(
-                tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-                temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
+                tokens,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                temp=sampling.temperature,
+                repeat_penalty=sampling.repeat_penalty,
+                reset=True,
             ):
                 if lc.llama_vocab_is_eog(self._vocab, token):
                     stop = "eos"
@@ -229,8 +247,10 @@ class LlamaCppBackend:
         # (its logits are never needed); an end-of-generation token was decoded-for.
         engine_tokens = perf.n_eval + (1 if stop == "max_tokens" else 0)
         stats = {
-            "n_eval": perf.n_eval, "n_p_eval": perf.n_p_eval,
-            "t_eval_ms": perf.t_eval_ms, "t_p_eval_ms": perf.t_p_eval_ms,
+            "n_eval": perf.n_eval,
+            "n_p_eval": perf.n_p_eval,
+            "t_eval_ms": perf.t_eval_ms,
+            "t_p_eval_ms": perf.t_p_eval_ms,
             "engine_output_tokens": engine_tokens if times else 0,
             "engine_decode_tok_s": perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms else 0.0,
         }

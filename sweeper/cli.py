@@ -74,12 +74,19 @@ def _load(path: str) -> StudyConfig:
 )
 @click.option("--timeout", metavar="DURATION", help="Start no new trial after this, e.g. 8h.")
 @storage_option
-def run(study_file: str, trials: int | None, timeout: str | None, storage: str | None) -> None:
+@click.option(
+    "--host", metavar="HOST:PORT", help="Backend server (LM Studio); overrides the study file's."
+)
+def run(
+    study_file: str, trials: int | None, timeout: str | None, storage: str | None, host: str | None
+) -> None:
     """Run (or resume) the sweep described by STUDY.toml."""
     config = _load(study_file)
     try:
         timeout_s = parse_duration(timeout, "--timeout") if timeout else config.timeout_s
-        model = backend_class(config.backend).preflight(config.model, config.base_dir, config.host)
+        model, options = backend_class(config.backend).preflight(
+            config.model, config.base_dir, host or config.host, config.model_layers
+        )
         spec = WorkerSpec(
             config.backend,
             model,
@@ -87,6 +94,7 @@ def run(study_file: str, trials: int | None, timeout: str | None, storage: str |
             config.sampling,
             config.repeats,
             config.warmup,
+            tuple(options.items()),
             memory_limit_mb=config.memory_limit_mb,
         )
         sweep = Sweep(

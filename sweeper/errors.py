@@ -50,6 +50,7 @@ FAILURE_REASONS = {
     "load_failed": "the backend refused or failed to load the model",
     "context_too_small": "prompt plus max tokens do not fit the context length",
     "crashed": "the backend process died",
+    "disconnected": "the connection to the backend's server dropped",
     "timeout": "the trial ran past its time limit",
     "generation_failed": "the backend failed during generation",
     "truncated": "output much shorter than the baseline's without reaching the token cap",

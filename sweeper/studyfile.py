@@ -54,6 +54,7 @@ class _StudyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     space: dict[str, Any]
     storage: str | None = None
     host: str | None = None
+    model_layers: int | None = None
     sampler_seed: int = 0
     budget: _Budget = msgspec.field(default_factory=_Budget)
     measure: _Measure = msgspec.field(default_factory=_Measure)
@@ -74,6 +75,7 @@ class StudyConfig:
     model: str
     storage: str
     host: str | None
+    model_layers: int | None
     space: SearchSpace
     baseline: LoadSettings
     workloads: tuple[Workload, ...]
@@ -163,6 +165,7 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         model=doc.model,
         storage=storage,
         host=doc.host,
+        model_layers=doc.model_layers,
         space=space,
         baseline=baseline,
         workloads=workloads,

@@ -79,7 +79,7 @@ def measure(
         load_s=load_s,
         workloads=results,
         gen_s=gen_s,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=_peak_rss_mb() if backend.measures_own_memory else None,
         gpu_mem_mb=gpu_mb,
     )
 

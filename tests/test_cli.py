@@ -67,7 +67,7 @@ ERRORS = [
     (
         ["run", "{path}"],
         {'backend = "fake"': 'backend = "nope"'},
-        "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp\n",
+        "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp, lmstudio\n",
     ),
     (
         ["run", "{path}"],

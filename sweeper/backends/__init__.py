@@ -28,10 +28,15 @@ class Backend(Protocol):
     unsupported_why: ClassVar[dict[str, str]]
     #: Constructor options used when the backend runs in a worker process.
     child_options: ClassVar[dict[str, Any]]
+    #: False when the engine runs elsewhere (a server), so the worker's RSS says nothing.
+    measures_own_memory: ClassVar[bool]
 
     @staticmethod
-    def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
-        """Check the model (and server) before any trial; return the model to load."""
+    def preflight(
+        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Check the model (and server) before any trial exists; return the model to load
+        and the constructor options for the workers."""
         ...
 
     def load(self, settings: LoadSettings) -> dict[str, Any]: ...
@@ -50,6 +55,7 @@ class Backend(Protocol):
 #: backend name -> "module:Class". Imported lazily: heavy SDKs load only when used.
 BACKENDS: dict[str, str] = {
     "llama.cpp": "sweeper.backends.llamacpp:LlamaCppBackend",
+    "lmstudio": "sweeper.backends.lmstudio:LMStudioBackend",
     "fake": "sweeper.backends.fake:FakeBackend",
 }
 

@@ -54,9 +54,13 @@ class FakeBackend:
         self.settings: LoadSettings | None = None
         self.loads: list[LoadSettings] = []
 
+    measures_own_memory: ClassVar[bool] = True
+
     @staticmethod
-    def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
-        return model
+    def preflight(
+        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return model, {}
 
     def load(self, settings: LoadSettings) -> dict[str, Any]:
         # Model names that misbehave like real engines do, for the worker's own tests.

@@ -71,9 +71,17 @@ class LlamaCppBackend:
         self._vocab: Any = None
         self._prompt_format = "plain"
 
+    measures_own_memory: ClassVar[bool] = True
+
     @staticmethod
-    def preflight(model: str, base_dir: Path, host: str | None = None) -> str:
+    def preflight(
+        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Resolve ``model`` (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
+        return LlamaCppBackend.resolve_model(model, base_dir), {}
+
+    @staticmethod
+    def resolve_model(model: str, base_dir: Path) -> str:
         if model.startswith(PACKAGE_PREFIX):
             package = model[len(PACKAGE_PREFIX) :].replace("-", "_")
             try:

@@ -1,0 +1,372 @@
+"""The LM Studio backend, through the lmstudio Python SDK (pinned 1.5.0).
+
+Each trial unloads sweeper's previous instance, loads a new one with ``load_new_instance``
+(never ``model(key, config=...)``, which ignores the config of an already loaded model), reads
+back what LM Studio applied, and streams every workload through ``respond_stream``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from sweeper.errors import BackendUnavailable, GenerationError, LoadError, TrialFailure
+from sweeper.measure import Run
+from sweeper.settings import PARAMS, LoadSettings
+from sweeper.workloads import Sampling, Workload
+
+if TYPE_CHECKING:
+    import lmstudio
+
+#: LM Studio's usual local server, tried after the SDK's own port discovery.
+DEFAULT_HOST = "127.0.0.1:1234"
+IDENTIFIER_PREFIX = "sweeper-"
+#: Seconds the sync API may wait between messages (a long load sends few).
+SYNC_TIMEOUT_S = 3600
+
+#: Canonical settings sent through the SDK's typed config (camelCase dict keys).
+SDK_KEYS = {
+    "context_length": "contextLength",
+    "eval_batch_size": "evalBatchSize",
+    "flash_attention": "flashAttention",
+    "k_cache_type": "llamaKCacheQuantizationType",
+    "v_cache_type": "llamaVCacheQuantizationType",
+    "mmap": "tryMmap",
+    "keep_in_memory": "keepModelInMemory",
+    "offload_kv_cache": "offloadKVCacheToGpu",
+}
+#: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields (see load_with_raw_fields).
+RAW_KEYS = {
+    "cpu_threads": "llm.load.llama.cpuThreadPoolSize",
+    "physical_batch_size": "llm.load.llama.physicalBatchSize",
+    "cpu_moe_layers": "llm.load.numCpuExpertLayersRatio",
+}
+STOP_REASONS = {
+    "eosFound": "eos",
+    "maxPredictedTokensReached": "max_tokens",
+    "contextLengthReached": "context_length",
+    "stopStringFound": "stop_string",
+    "userStopped": "cancelled",
+}
+
+
+def _sdk() -> Any:
+    try:
+        import lmstudio
+    except ImportError as exc:
+        raise BackendUnavailable("the lmstudio SDK is not installed; run `make install`") from exc
+    return lmstudio
+
+
+def _unreachable(host: str | None) -> BackendUnavailable:
+    where = f"at {host}" if host else f"on this machine (SDK port discovery, then {DEFAULT_HOST})"
+    return BackendUnavailable(
+        f"LM Studio is not reachable {where}; start its server with `lms server start` "
+        "(or in LM Studio: Developer > Start Server), or give --host HOST:PORT"
+    )
+
+
+def find_host(host: str | None) -> str:
+    """The API host to use: the given one if it answers, else LM Studio's usual ones."""
+    lms = _sdk()
+    if host is not None:
+        if not lms.Client.is_valid_api_host(host):
+            raise _unreachable(host)
+        return host
+    found = lms.Client.find_default_local_api_host()
+    if found:
+        return str(found)
+    if lms.Client.is_valid_api_host(DEFAULT_HOST):
+        return DEFAULT_HOST
+    raise _unreachable(None)
+
+
+def to_config(
+    settings: LoadSettings, n_layers: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Canonical settings -> (the SDK's typed config dict, raw wire fields).
+
+    Every key is checked against what the SDK actually encodes: the SDK silently drops keys it
+    does not know, and a sweep must never measure a setting that was not sent.
+    """
+    config: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    for name, value in settings.to_dict().items():
+        if name == "gpu_offload":
+            config["gpu"] = {"ratio": float(value)}
+        elif name in SDK_KEYS:
+            config[SDK_KEYS[name]] = value
+        elif name == "cpu_moe_layers":
+            if not n_layers:
+                raise LoadError(
+                    "unsupported",
+                    "cpu_moe_layers needs the model's layer count; "
+                    "set model_layers in the study file",
+                )
+            raw[RAW_KEYS[name]] = round(min(1.0, value / n_layers), 4)
+        elif name in RAW_KEYS:
+            raw[RAW_KEYS[name]] = value
+        else:
+            raise LoadError("unsupported", f"{name}: not mapped for LM Studio")
+    _check_encoded(config)
+    return config, raw
+
+
+def _check_encoded(config: dict[str, Any]) -> None:
+    from lmstudio._kv_config import load_config_to_kv_config_stack
+    from lmstudio._sdk_models import LlmLoadModelConfig
+
+    stack = load_config_to_kv_config_stack(config, LlmLoadModelConfig)
+    sent = {f.key for layer in stack.layers for f in layer.config.fields}
+    expected = {PARAMS[name].lmstudio for name, key in SDK_KEYS.items() if key in config}
+    if "gpu" in config:
+        expected.add(PARAMS["gpu_offload"].lmstudio)
+    missing = expected - sent
+    if missing:
+        raise LoadError("unsupported", f"the lmstudio SDK did not encode {sorted(missing)}")
+
+
+def load_with_raw_fields(
+    client: lmstudio.Client,
+    model_key: str,
+    identifier: str,
+    config: dict[str, Any],
+    raw: dict[str, Any],
+    on_progress: Any = None,
+) -> Any:
+    """``load_new_instance`` plus raw KV fields the SDK's typed config cannot express.
+
+    Touches SDK 1.5.0 internals (LoadModelEndpoint's creation parameters); pinned and tested
+    against the protocol test server.
+    """
+    from lmstudio._sdk_models import LlmChannelLoadModelCreationParameter, LlmLoadModelConfig
+    from lmstudio.json_api import LoadModelEndpoint
+
+    endpoint = LoadModelEndpoint(
+        model_key,
+        identifier,
+        None,
+        LlmChannelLoadModelCreationParameter,
+        LlmLoadModelConfig,
+        cast(Any, config),
+        on_progress,
+    )
+    # SDK 1.5.0 always builds one "apiOverride" layer (empty for an empty config).
+    layers: Any = endpoint.creation_params["loadConfigStack"]["layers"]
+    layers[0]["config"]["fields"].extend({"key": k, "value": v} for k, v in raw.items())
+    with client.llm._create_channel(endpoint) as channel:
+        result = channel.wait_for_result()
+    return client.llm._create_handle(result.identifier)
+
+
+def raw_load_config(client: lmstudio.Client, identifier: str) -> dict[str, Any]:
+    """The applied load config as wire key -> value, raw keys included (``get_load_config``
+    drops keys the SDK does not know)."""
+    from lmstudio._sdk_models import LlmRpcGetLoadConfigParameter
+
+    params = LlmRpcGetLoadConfigParameter._from_api_dict(
+        {"specifier": {"type": "query", "query": {"identifier": identifier}}}
+    )
+    reply = client.llm.remote_call("getLoadConfig", params)
+    return {f["key"]: f["value"] for f in reply.get("fields", [])}
+
+
+def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
+    """Applied wire fields -> canonical names (what LM Studio says it applied)."""
+    applied: dict[str, Any] = {}
+    for name, param in PARAMS.items():
+        if param.lmstudio not in fields:
+            continue
+        value = fields[param.lmstudio]
+        if isinstance(value, dict) and "checked" in value:
+            value = value["value"] if value["checked"] else "f16"
+        if name == "gpu_offload":
+            value = {"max": 1.0, "off": 0.0}.get(value, value)
+        if name == "cpu_moe_layers":
+            ratio = {"max": 1.0, "off": 0.0}.get(value, value)
+            value = round(float(ratio) * n_layers) if n_layers else ratio
+        applied[name] = value
+    return applied
+
+
+class LMStudioBackend:
+    name: ClassVar[str] = "lmstudio"
+    supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
+    unsupported_why: ClassVar[dict[str, str]] = {}
+    child_options: ClassVar[dict[str, Any]] = {}
+    measures_own_memory: ClassVar[bool] = False
+
+    def __init__(self, model: str, host: str | None = None, n_layers: int | None = None) -> None:
+        self.model_key = model
+        self.host = host
+        self.n_layers = n_layers
+        self._client: lmstudio.Client | None = None
+        self._model: Any = None
+        self._num_gpu_layers: float | None = None
+
+    @staticmethod
+    def preflight(
+        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Find LM Studio, check the model key; before any trial exists."""
+        lms = _sdk()
+        host = find_host(host)
+        try:
+            with lms.Client(host) as client:
+                downloaded = client.list_downloaded_models()
+        except lms.LMStudioError as exc:
+            raise BackendUnavailable(f"LM Studio at {host} did not answer: {exc}") from exc
+        keys = {m.model_key: m for m in downloaded}
+        if model not in keys:
+            close = difflib.get_close_matches(model, list(keys), n=5, cutoff=0.3)
+            hint = (
+                f"; close matches: {', '.join(close)}"
+                if close
+                else f"; downloaded: {', '.join(sorted(keys)) or 'none'}"
+            )
+            raise BackendUnavailable(
+                f"LM Studio at {host} has no model {model!r}{hint} "
+                f"(download it with `lms get {model}`)"
+            )
+        n_layers = model_layers or _layers_from_gguf(getattr(keys[model], "path", ""))
+        return model, {"host": host, "n_layers": n_layers}
+
+    def _connect(self) -> lmstudio.Client:
+        lms = _sdk()
+        if self._client is None:
+            lms.set_sync_api_timeout(SYNC_TIMEOUT_S)
+            try:
+                self._client = lms.Client(find_host(self.host))
+                self._client.__enter__()
+            except lms.LMStudioError as exc:
+                self._client = None
+                raise LoadError("load_failed", f"cannot connect to LM Studio: {exc}") from exc
+        return self._client
+
+    def load(self, settings: LoadSettings) -> dict[str, Any]:
+        lms = _sdk()
+        client = self._connect()
+        config, raw = to_config(settings, self.n_layers)
+        identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
+        try:
+            self._unload_ours(client)
+            self._model = load_with_raw_fields(client, self.model_key, identifier, config, raw)
+            fields = raw_load_config(client, identifier)
+            context = self._model.get_context_length()
+        except lms.LMStudioModelNotFoundError as exc:
+            raise LoadError("load_failed", f"LM Studio: model not found: {exc}") from exc
+        except lms.LMStudioServerError as exc:
+            text = str(exc)
+            reason = "oom" if "memory" in text.lower() else "load_failed"
+            raise LoadError(reason, f"LM Studio: {text}") from exc
+        except lms.LMStudioTimeoutError as exc:
+            raise LoadError("timeout", f"LM Studio: {exc}") from exc
+        except lms.LMStudioError as exc:
+            raise LoadError("disconnected", f"LM Studio: {exc}") from exc
+        applied = from_wire(fields, self.n_layers)
+        applied["context_length"] = context
+        applied["lmstudio"] = {
+            "identifier": identifier,
+            "model": self.model_key,
+            "raw_fields_sent": raw,
+            "fields": fields,
+        }
+        return applied
+
+    def _unload_ours(self, client: lmstudio.Client) -> None:
+        """Unload every instance sweeper loaded, including a killed worker's leftovers."""
+        for handle in client.llm.list_loaded():
+            if handle.identifier.startswith(IDENTIFIER_PREFIX):
+                handle.unload()
+        self._model = None
+
+    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+        lms = _sdk()
+        if self._model is None:
+            raise GenerationError("generation_failed", "no model loaded")
+        chat = lms.Chat(workload.system) if workload.system else lms.Chat()
+        chat.add_user_message(workload.prompt)
+        config = {
+            "maxTokens": workload.max_tokens,
+            "temperature": sampling.temperature,
+            "topKSampling": sampling.top_k,
+            "topPSampling": sampling.top_p,
+            "minPSampling": sampling.min_p,
+            "repeatPenalty": sampling.repeat_penalty,
+        }
+        times: list[float] = []
+        start = time.perf_counter()
+        try:
+            stream = self._model.respond_stream(chat, config=config)
+            for fragment in stream:
+                now = time.perf_counter()
+                times.extend([now] * max(1, int(fragment.tokens_count or 1)))
+            result = stream.result()
+        except lms.LMStudioTimeoutError as exc:
+            raise GenerationError("timeout", f"LM Studio: {exc}") from exc
+        except lms.LMStudioWebsocketError as exc:
+            raise GenerationError("disconnected", f"LM Studio: {exc}") from exc
+        except lms.LMStudioError as exc:
+            raise GenerationError("generation_failed", f"LM Studio: {exc}") from exc
+        end = time.perf_counter()
+        s = result.stats
+        stats = {
+            "tokens_per_second": s.tokens_per_second,
+            "time_to_first_token_sec": s.time_to_first_token_sec,
+            "predicted_tokens_count": s.predicted_tokens_count,
+            "prompt_tokens_count": s.prompt_tokens_count,
+            "stop_reason": s.stop_reason,
+            "num_gpu_layers": s.num_gpu_layers,
+        }
+        return Run.from_timestamps(
+            start,
+            times,
+            int(s.prompt_tokens_count or 0),
+            STOP_REASONS.get(s.stop_reason, s.stop_reason),
+            end,
+            stats,
+        )
+
+    def unload(self) -> None:
+        if self._model is not None and self._client is not None:
+            try:
+                self._model.unload()
+            except _sdk().LMStudioError:
+                pass  # the server may already have dropped it; the next load unloads leftovers
+            self._model = None
+
+    def close(self) -> None:
+        self.unload()
+        if self._client is not None:
+            self._client.__exit__(None, None, None)
+            self._client = None
+
+    def __enter__(self) -> LMStudioBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(TrialFailure):
+            self.close()
+
+
+def _layers_from_gguf(path: str) -> int | None:
+    """The model's layer count, when LM Studio's copy of the GGUF is readable from here."""
+    file = Path(path).expanduser()
+    if not path or not file.is_file():
+        return None
+    try:
+        import llama_cpp
+
+        meta = llama_cpp.Llama(str(file), vocab_only=True, verbose=False).metadata
+        return int(meta[f"{meta['general.architecture']}.block_count"])
+    except Exception:  # a split or unreadable file just means "unknown"
+        return None
+
+
+if TYPE_CHECKING:
+    from sweeper.backends import Backend
+
+    _: Backend = LMStudioBackend("google/gemma-3-270m")

@@ -1,0 +1,264 @@
+"""The LM Studio backend: the real lmstudio SDK over a real socket, against a test server that
+speaks LM Studio's protocol and runs the real Gemma 3 270M model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from conftest import WriteStudy
+from lmstudio_server import LMSError, LMStudioTestServer, ServerModel
+from sweeper import studyfile
+from sweeper.backends.lmstudio import LMStudioBackend, from_wire, to_config
+from sweeper.cli import cli
+from sweeper.errors import GenerationError, LoadError
+from sweeper.settings import LoadSettings
+from sweeper.study import open_study
+from sweeper.workloads import Sampling, builtin
+
+pytestmark = pytest.mark.real
+KEY = "google/gemma-3-270m"
+
+STUDY = """
+name = "lms"
+backend = "lmstudio"
+model = "google/gemma-3-270m"
+host = "{host}"
+
+[budget]
+trials = 3
+
+[measure]
+repeats = 1
+warmup = 1
+
+[baseline]
+context_length = 1024
+cpu_threads = 2
+flash_attention = false
+
+[space]
+context_length = [512, 1024]
+cpu_threads = [1, 2]
+flash_attention = [false, true]
+
+[[workloads]]
+name = "short"
+max_tokens = 6
+
+[[workloads]]
+name = "long"
+max_tokens = 8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@pytest.fixture
+def server(model_path: str) -> Iterator[LMStudioTestServer]:
+    with LMStudioTestServer([ServerModel(KEY, model_path)]) as srv:
+        yield srv
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def fields(load: dict) -> dict:
+    return {f["key"]: f["value"] for f in load["loadConfigStack"]["layers"][0]["config"]["fields"]}
+
+
+def test_a_sweep_sends_exactly_the_intended_keys(
+    server: LMStudioTestServer, write_study: WriteStudy
+) -> None:
+    path = write_study(STUDY.format(host=server.address))
+    code, out, err = run_cli("run", str(path))
+    assert code == 0, err
+    assert out.startswith("ran 3 trials; 3 trials, 3 complete")
+    assert len(server.log.loads) == 3
+    study = open_study(studyfile.load(path))
+    for load, trial in zip(server.log.loads, study.get_trials(), strict=True):
+        settings = trial.user_attrs["settings"]
+        sent = fields(load)
+        assert sent == {
+            "llm.load.contextLength": settings["context_length"],
+            "llm.load.llama.flashAttention": settings["flash_attention"],
+            "llm.load.llama.cpuThreadPoolSize": settings["cpu_threads"],
+        }
+        assert "ttlMs" not in load  # no TTL: LM Studio must not unload it mid-trial
+        assert load["identifier"].startswith("sweeper-")
+        applied = trial.user_attrs["applied"]
+        for name in ("context_length", "cpu_threads", "flash_attention"):
+            assert applied[name] == settings[name], name
+        short = trial.user_attrs["w:short"]
+        stats = short["runs"][0]["backend_stats"]
+        assert stats["predicted_tokens_count"] == short["runs"][0]["output_tokens"] == 6
+        assert stats["tokens_per_second"] > 0 and stats["time_to_first_token_sec"] > 0
+        assert trial.user_attrs["peak_rss_mb"] is None  # the engine is the server, not us
+    assert server.log.unloads  # each new trial unloaded the previous instance
+    assert not server.instances  # and the last one was unloaded at the end
+
+
+def test_the_load_has_no_ttl(server: LMStudioTestServer) -> None:
+    with LMStudioBackend(KEY, host=server.address) as backend:
+        backend.load(LoadSettings(context_length=512))
+    assert "ttlMs" not in server.log.loads[0]  # the SDK's default would be 3600000
+
+
+def test_unknown_model_lists_close_matches(
+    server: LMStudioTestServer, write_study: WriteStudy, tmp_path: Path
+) -> None:
+    path = write_study(STUDY.format(host=server.address).replace(KEY, "google/gemma-3-27m"))
+    code, out, err = run_cli("run", str(path))
+    assert code == 2 and out == ""
+    assert err == (
+        f"error: LM Studio at {server.address} has no model 'google/gemma-3-27m'; "
+        f"close matches: {KEY} (download it with `lms get google/gemma-3-27m`)\n"
+    )
+    assert not (tmp_path / "lms.db").exists()
+
+
+def test_unreachable_host_is_one_line_before_any_trial(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    path = write_study(STUDY.format(host="127.0.0.1:9"))
+    code, _, err = run_cli("run", str(path))
+    assert code == 2
+    assert err == (
+        "error: LM Studio is not reachable at 127.0.0.1:9; start its server with "
+        "`lms server start` (or in LM Studio: Developer > Start Server), or give "
+        "--host HOST:PORT\n"
+    )
+    assert not (tmp_path / "lms.db").exists()
+
+
+def test_host_option_overrides_the_study_file(
+    server: LMStudioTestServer, write_study: WriteStudy
+) -> None:
+    path = write_study(STUDY.format(host="127.0.0.1:9"))
+    code, _, err = run_cli("run", str(path), "--trials", "1", "--host", server.address)
+    assert code == 0, err
+    assert len(server.log.loads) == 1
+
+
+def test_an_out_of_memory_load_is_an_infeasible_trial(
+    model_path: str, write_study: WriteStudy
+) -> None:
+    def oom_with_flash(f: dict) -> LMSError | None:
+        if f.get("llm.load.llama.flashAttention"):
+            return LMSError("Failed to load model", "ggml: failed to allocate 12 GB: out of memory")
+        return None
+
+    with LMStudioTestServer([ServerModel(KEY, model_path)], fail_load=oom_with_flash) as srv:
+        path = write_study(
+            STUDY.format(host=srv.address).replace(
+                "flash_attention = [false, true]", "flash_attention = [true]"
+            )
+        )
+        code, _, err = run_cli("run", str(path), "--trials", "2")
+    assert code == 0, err
+    trials = open_study(studyfile.load(path)).get_trials()
+    assert trials[0].user_attrs.get("failure_reason") is None
+    assert trials[1].user_attrs["failure_reason"] == "oom"
+    assert "out of memory" in trials[1].user_attrs["failure_detail"]
+
+
+def test_a_dropped_socket_is_a_named_failure(model_path: str) -> None:
+    with (
+        LMStudioTestServer([ServerModel(KEY, model_path)], drop_after_tokens=2) as srv,
+        LMStudioBackend(KEY, host=srv.address) as backend,
+    ):
+        backend.load(LoadSettings(context_length=512))
+        with pytest.raises(GenerationError) as err:
+            backend.generate(builtin("short", 8), Sampling())
+    assert err.value.reason == "disconnected"
+
+
+def test_a_missing_model_at_load_time(server: LMStudioTestServer) -> None:
+    with (
+        LMStudioBackend("nobody/none", host=server.address) as backend,
+        pytest.raises(LoadError) as err,
+    ):
+        backend.load(LoadSettings())
+    assert err.value.reason == "load_failed"
+    assert "not found" in err.value.detail
+
+
+def test_leftover_instances_of_a_killed_worker_are_unloaded(server: LMStudioTestServer) -> None:
+    with LMStudioBackend(KEY, host=server.address) as first:
+        first.load(LoadSettings(context_length=512))
+        first._model = None  # as if the worker died without unloading
+        first._client = None
+    assert len(server.instances) == 1
+    with LMStudioBackend(KEY, host=server.address) as second:
+        second.load(LoadSettings(context_length=512))
+        assert len(server.instances) == 1
+
+
+def test_to_config_splits_typed_and_raw_keys() -> None:
+    settings = LoadSettings(
+        context_length=8192,
+        gpu_offload=0.75,
+        eval_batch_size=512,
+        physical_batch_size=256,
+        cpu_threads=6,
+        flash_attention=True,
+        k_cache_type="q8_0",
+        v_cache_type="q8_0",
+        mmap=False,
+        keep_in_memory=True,
+        offload_kv_cache=True,
+        cpu_moe_layers=6,
+    )
+    config, raw = to_config(settings, n_layers=24)
+    assert config == {
+        "contextLength": 8192,
+        "gpu": {"ratio": 0.75},
+        "evalBatchSize": 512,
+        "flashAttention": True,
+        "llamaKCacheQuantizationType": "q8_0",
+        "llamaVCacheQuantizationType": "q8_0",
+        "tryMmap": False,
+        "keepModelInMemory": True,
+        "offloadKVCacheToGpu": True,
+    }
+    assert raw == {
+        "llm.load.llama.cpuThreadPoolSize": 6,
+        "llm.load.llama.physicalBatchSize": 256,
+        "llm.load.numCpuExpertLayersRatio": 0.25,
+    }
+
+
+def test_cpu_moe_layers_needs_the_layer_count() -> None:
+    with pytest.raises(LoadError, match="set model_layers"):
+        to_config(LoadSettings(cpu_moe_layers=4), n_layers=None)
+
+
+def test_from_wire_reads_back_canonical_names() -> None:
+    wire = {
+        "llm.load.contextLength": 4096,
+        "llm.load.llama.acceleration.offloadRatio": "max",
+        "llm.load.llama.kCacheQuantizationType": {"checked": False, "value": "q8_0"},
+        "llm.load.llama.vCacheQuantizationType": {"checked": True, "value": "q4_0"},
+        "llm.load.numCpuExpertLayersRatio": 0.5,
+        "llm.load.llama.cpuThreadPoolSize": 6,
+    }
+    assert from_wire(wire, n_layers=24) == {
+        "context_length": 4096,
+        "gpu_offload": 1.0,
+        "k_cache_type": "f16",
+        "v_cache_type": "q4_0",
+        "cpu_moe_layers": 12,
+        "cpu_threads": 6,
+    }

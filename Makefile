@@ -38,6 +38,8 @@ FORCE:
 demo: install
 	$(BIN)/sweeper run studies/demo.toml
 	$(BIN)/sweeper pareto studies/demo.toml
+	@echo "Report and recommended presets (short and long, every format):"
+	$(BIN)/sweeper export studies/demo.toml --all studies/demo-presets --force
 
 test: install
 	$(BIN)/python -m pytest
@@ -51,4 +53,4 @@ bench: install
 	$(BIN)/python benchmarks/threads.py
 
 clean:
-	rm -rf $(VENV) studies/*.db studies/*.log
+	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html

@@ -8,6 +8,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -15,10 +16,12 @@ import optuna
 import pandas as pd
 from tqdm import tqdm
 
-from sweeper import results, studyfile
+from sweeper import export, fingerprint, results, studyfile
+from sweeper import report as report_mod
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.measure import Run
+from sweeper.recommend import Recommendation, recommend
 from sweeper.study import Sweep, open_study, redact
 from sweeper.studyfile import StudyConfig, parse_duration
 from sweeper.worker import WorkerError, WorkerSpec, run_in_child
@@ -98,7 +101,10 @@ def run(
             memory_limit_mb=config.memory_limit_mb,
         )
         sweep = Sweep(
-            config, lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p), storage
+            config,
+            lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
+            storage,
+            fingerprint.machine(config.backend, model),
         )
         study = sweep.open()
     except SweeperError as exc:
@@ -244,10 +250,18 @@ def pareto(study_file: str, storage: str | None, workload: str | None, as_json: 
     if workload is not None and workload not in names:
         _fail(f"unknown workload {workload!r}; this study has: {', '.join(names)}")
     study = _open(config, storage)
-    chosen = [workload] if workload else names
-    fronts = {w: results.pareto_front(results.points(study, w)) for w in chosen}
+    chosen = [w for w in config.workloads if workload in (None, w.name)]
+    fronts = {w.name: results.pareto_front(results.points(study, w.name)) for w in chosen}
+    recs = {w.name: recommend(study, w.name, w.max_tokens, config.recommend) for w in chosen}
     if as_json:
-        click.echo(json.dumps({w: [p.to_dict() for p in f] for w, f in fronts.items()}, indent=2))
+        doc = {
+            w: {
+                "front": [p.to_dict() for p in front],
+                "recommended": rec.to_dict() if (rec := recs[w]) else None,
+            }
+            for w, front in fronts.items()
+        }
+        click.echo(json.dumps(doc, indent=2))
         return
     searched = list(config.space.dimensions)
     for i, (w, front) in enumerate(fronts.items()):
@@ -259,10 +273,25 @@ def pareto(study_file: str, storage: str | None, workload: str | None, as_json: 
         if not front:
             click.echo("  no feasible trials yet")
             continue
-        click.echo(_table(front, searched).to_string(index=False))
+        rec = recs[w]
+        click.echo(_table(front, searched, rec.point.trial if rec else None).to_string(index=False))
+        if rec is not None:
+            click.echo(f"* recommended: {_recommendation_line(rec)}")
 
 
-def _table(front: list[results.Point], searched: list[str]) -> pd.DataFrame:
+def _recommendation_line(r: Recommendation) -> str:
+    line = (
+        f"trial {r.point.trial}, expected {r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens"
+    )
+    if r.gain_tok_s_pct is not None:
+        med, low, high = r.gain_tok_s_pct
+        line += f"; {med:+.1f}% tok/s vs baseline (repeats allow {low:+.1f}% to {high:+.1f}%)"
+    return line
+
+
+def _table(
+    front: list[results.Point], searched: list[str], recommended: int | None = None
+) -> pd.DataFrame:
     def spread(d: dict[str, float], fmt: Callable[[float], str]) -> str:
         return f"{fmt(d['median'])} [{fmt(d['min'])}-{fmt(d['max'])}]"
 
@@ -272,7 +301,8 @@ def _table(front: list[results.Point], searched: list[str]) -> pd.DataFrame:
     rows = []
     for p in front:
         row: dict[str, Any] = {
-            "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}",
+            "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}"
+            + (" *" if p.trial == recommended else ""),
             "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
             "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),
             "out tok": f"{p.output_tokens:.0f}",
@@ -285,6 +315,175 @@ def _table(front: list[results.Point], searched: list[str]) -> pd.DataFrame:
             row["applied differs"] = ", ".join(f"{k}={v[1]}" for k, v in p.mismatch.items())
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
+
+
+@cli.command()
+@study_argument
+@storage_option
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Default: <study name>-report.html next to the study file.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def report(study_file: str, storage: str | None, output: str | None, force: bool) -> None:
+    """Write a self-contained HTML report (opens offline)."""
+    config = _load(study_file)
+    study = _open(config, storage)
+    path = Path(output) if output else config.base_dir / f"{config.name}-report.html"
+    try:
+        _write_report(study, config, storage, path, force)
+    except SweeperError as exc:
+        _fail(str(exc))
+    click.echo(str(path))
+
+
+def _write_report(
+    study: optuna.Study, config: StudyConfig, storage: str | None, path: Path, force: bool
+) -> None:
+    url = redact(storage or config.storage)
+    data = report_mod.report_data(study, config, url)
+    export.write_atomic(path, report_mod.render(data, study, config), force=force)
+
+
+@cli.command("export")
+@study_argument
+@storage_option
+@click.option("--workload", "-w", metavar="NAME", help="The workload whose preset to export.")
+@click.option(
+    "--format", "fmt", type=click.Choice(export.FORMATS), default="json", show_default=True
+)
+@click.option("-o", "--output", metavar="FILE", help="Write here instead of to stdout.")
+@click.option(
+    "--all",
+    "all_dir",
+    metavar="DIR",
+    help="Write every workload in every format, and the HTML report, into DIR.",
+)
+@click.option(
+    "--install",
+    is_flag=True,
+    help="lmstudio format: also write LM Studio's "
+    "per-model default config (an existing one is backed up first).",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def export_cmd(
+    study_file: str,
+    storage: str | None,
+    workload: str | None,
+    fmt: str,
+    output: str | None,
+    all_dir: str | None,
+    install: bool,
+    force: bool,
+) -> None:
+    """Export the recommended preset of a workload for LM Studio or llama.cpp."""
+    config = _load(study_file)
+    names = [w.name for w in config.workloads]
+    if all_dir is None and workload is None:
+        _fail(f"give --workload NAME ({', '.join(names)}) or --all DIR")
+    if workload is not None and workload not in names:
+        _fail(f"unknown workload {workload!r}; this study has: {', '.join(names)}")
+    study = _open(config, storage)
+    try:
+        if all_dir is not None:
+            for path in _export_all(study, config, storage, Path(all_dir), force):
+                click.echo(str(path))
+            return
+        assert workload is not None
+        preset = _preset(study, config, workload)
+        text = export.RENDER[fmt](preset)
+        if output:
+            export.write_atomic(Path(output), text, force=force)
+            click.echo(output)
+        else:
+            click.echo(text, nl=False)
+        if install:
+            if fmt != "lmstudio":
+                _fail("--install goes with --format lmstudio")
+            target, backup = export.install_lmstudio(preset)
+            click.echo(
+                f"installed {target}" + (f" (previous one kept as {backup})" if backup else ""),
+                err=True,
+            )
+        elif fmt == "lmstudio":
+            click.echo(
+                f"LM Studio reads this from {export.lmstudio_install_path(preset.model)} "
+                "(write it there with --install)",
+                err=True,
+            )
+    except SweeperError as exc:
+        _fail(str(exc))
+
+
+def _preset(study: optuna.Study, config: StudyConfig, workload: str) -> export.Preset:
+    w = next(w for w in config.workloads if w.name == workload)
+    rec = recommend(study, workload, w.max_tokens, config.recommend)
+    if rec is None:
+        raise export.ExportError(
+            f"no feasible trial for workload {workload!r} yet; "
+            f"run `sweeper run {config.path}` first"
+        )
+    layers = config.model_layers or next(
+        (
+            t.user_attrs.get("applied", {}).get("llama.cpp", {}).get("n_layers")
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("applied")
+        ),
+        None,
+    )
+    model = config.model if config.backend != "llama.cpp" else _model_path(config)
+    return export.Preset(config.name, model, config.backend, rec, layers)
+
+
+def _model_path(config: StudyConfig) -> str:
+    from sweeper.backends.llamacpp import LlamaCppBackend
+
+    try:
+        return LlamaCppBackend.resolve_model(config.model, config.base_dir)
+    except SweeperError:
+        return config.model
+
+
+def _export_all(
+    study: optuna.Study, config: StudyConfig, storage: str | None, out: Path, force: bool
+) -> list[Path]:
+    written = []
+    for w in config.workloads:
+        preset = _preset(study, config, w.name)
+        for fmt in export.FORMATS:
+            path = out / f"{config.name}-{w.name}{export.SUFFIX[fmt]}"
+            export.write_atomic(path, export.RENDER[fmt](preset), force=force)
+            written.append(path)
+    report_path = out / f"{config.name}-report.html"
+    _write_report(study, config, storage, report_path, force)
+    return [*written, report_path]
+
+
+@cli.command()
+@study_argument
+@storage_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; keep it local and tunnel with ssh -L to share.",
+)
+@click.option("--port", default=8080, show_default=True, type=int)
+def dashboard(study_file: str, storage: str | None, host: str, port: int) -> None:
+    """Watch the study live in optuna-dashboard."""
+    from optuna_dashboard import run_server
+
+    config = _load(study_file)
+    study = _open(config, storage)
+    click.echo(
+        f"optuna-dashboard for {config.name} on http://{host}:{port}/ (Ctrl-C to stop); "
+        "note: it shows infeasible trials as feasible (it does not read Optuna 5's "
+        "constraints), their placeholder values keep them off its front",
+        err=True,
+    )
+    run_server(study._storage, host=host, port=port)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
@@ -28,8 +28,10 @@ from sweeper import __version__
 from sweeper.errors import StorageError, TrialFailure
 from sweeper.measure import TrialOutcome
 from sweeper.settings import LoadSettings, invalid_combination
-from sweeper.studyfile import StudyConfig
 from sweeper.worker import Progress
+
+if TYPE_CHECKING:
+    from sweeper.studyfile import StudyConfig
 
 log = logging.getLogger("sweeper")
 
@@ -132,10 +134,17 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 class Sweep:
     """Runs a study file's sweep: baseline first, then sampled trials, resumable."""
 
-    def __init__(self, config: StudyConfig, runner: Runner, storage_url: str | None = None):
+    def __init__(
+        self,
+        config: StudyConfig,
+        runner: Runner,
+        storage_url: str | None = None,
+        machine: dict[str, Any] | None = None,
+    ):
         self.config = config
         self.runner = runner
         self.storage_url = storage_url
+        self.machine = machine or {}
         self.progress: Progress | None = None
 
     def open(self) -> optuna.Study:
@@ -205,6 +214,7 @@ class Sweep:
         settings = cfg.space.suggest(trial, cfg.baseline if is_baseline else None)
         trial.set_user_attr("settings", settings.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("machine", self.machine)
         start = time.perf_counter()
         why = invalid_combination(settings)
         if why:

@@ -12,6 +12,7 @@ import msgspec
 
 from sweeper.backends import backend_class
 from sweeper.errors import StudyFileError
+from sweeper.recommend import Rule
 from sweeper.settings import LoadSettings
 from sweeper.space import SearchSpace
 from sweeper.workloads import BUILTIN_PROMPTS, Sampling, Workload, builtin
@@ -39,6 +40,14 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     repeat_penalty: float = 1.0
 
 
+class _Recommend(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rule: str = "completion"
+    ttft_max: float | None = None
+    tok_s_min: float | None = None
+    tok_s_weight: float = 1.0
+    ttft_weight: float = 1.0
+
+
 class _Workload(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     prompt: str | None = None
@@ -59,6 +68,7 @@ class _StudyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     budget: _Budget = msgspec.field(default_factory=_Budget)
     measure: _Measure = msgspec.field(default_factory=_Measure)
     sampling: _Sampling = msgspec.field(default_factory=_Sampling)
+    recommend: _Recommend = msgspec.field(default_factory=_Recommend)
     baseline: dict[str, Any] = msgspec.field(default_factory=dict)
     workloads: list[_Workload] = msgspec.field(
         default_factory=lambda: [_Workload(name=n) for n in BUILTIN_PROMPTS]
@@ -88,6 +98,7 @@ class StudyConfig:
     trial_timeout_s: float
     memory_limit_mb: int | None
     sampler_seed: int
+    recommend: Rule
 
     @property
     def base_dir(self) -> Path:
@@ -151,6 +162,10 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         raise StudyFileError("measure.warmup: must be 0 or more")
     if not 0 < doc.measure.min_output_ratio <= 1:
         raise StudyFileError("measure.min_output_ratio: must be in (0, 1]")
+    if doc.recommend.rule not in ("completion", "weighted"):
+        raise StudyFileError(
+            f'recommend.rule: {doc.recommend.rule!r}; use "completion" or "weighted"'
+        )
     workloads = tuple(_workload(w, path.parent) for w in doc.workloads)
     if not workloads:
         raise StudyFileError("workloads: list at least one workload")
@@ -180,6 +195,13 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         trial_timeout_s=parse_duration(doc.budget.trial_timeout, "budget.trial_timeout"),
         memory_limit_mb=doc.budget.memory_limit_mb,
         sampler_seed=doc.sampler_seed,
+        recommend=Rule(
+            kind=doc.recommend.rule,
+            ttft_max=doc.recommend.ttft_max,
+            tok_s_min=doc.recommend.tok_s_min,
+            tok_s_weight=doc.recommend.tok_s_weight,
+            ttft_weight=doc.recommend.ttft_weight,
+        ),
     )
 
 

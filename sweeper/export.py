@@ -1,0 +1,265 @@
+"""Recommended settings written in forms LM Studio and llama.cpp take as they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import pprint
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper.errors import SweeperError
+from sweeper.recommend import Recommendation
+from sweeper.settings import PARAMS, LoadSettings
+
+FORMATS = ("lmstudio", "model-yaml", "lms", "sdk", "llama-server", "json")
+SUFFIX = {
+    "lmstudio": ".json",
+    "model-yaml": ".model.yaml",
+    "lms": ".lms.sh",
+    "sdk": ".sdk.py",
+    "llama-server": ".llama-server.sh",
+    "json": ".sweeper.json",
+}
+LMSTUDIO_DEFAULTS_DIR = Path("~/.lmstudio/.internal/user-concrete-model-default-config")
+#: lmstudio SDK 1.5.0's typed config keys (camelCase) for canonical settings.
+SDK_KEYS = {
+    "context_length": "contextLength",
+    "eval_batch_size": "evalBatchSize",
+    "flash_attention": "flashAttention",
+    "k_cache_type": "llamaKCacheQuantizationType",
+    "v_cache_type": "llamaVCacheQuantizationType",
+    "mmap": "tryMmap",
+    "keep_in_memory": "keepModelInMemory",
+    "offload_kv_cache": "offloadKVCacheToGpu",
+}
+#: llama-server flags (llama.cpp's common/arg.cpp names) for canonical settings.
+LLAMA_SERVER_FLAGS = {
+    "context_length": "-c",
+    "eval_batch_size": "-b",
+    "physical_batch_size": "-ub",
+    "cpu_threads": "-t",
+    "flash_attention": "-fa",
+    "k_cache_type": "-ctk",
+    "v_cache_type": "-ctv",
+    "cpu_moe_layers": "--n-cpu-moe",
+    "gpu_offload": "-ngl",
+}
+
+
+class ExportError(SweeperError):
+    """An export could not be written."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What is exported: the recommended settings of one workload and where they came from."""
+
+    study: str
+    model: str
+    backend: str
+    recommendation: Recommendation
+    n_layers: int | None
+
+    @property
+    def settings(self) -> LoadSettings:
+        return LoadSettings(**self.recommendation.point.settings)
+
+    @property
+    def workload(self) -> str:
+        return self.recommendation.workload
+
+    def header(self) -> str:
+        r = self.recommendation
+        gain = (
+            ""
+            if r.gain_tok_s_pct is None
+            else (
+                f", {r.gain_tok_s_pct[0]:+.1f}% tok/s vs baseline "
+                f"(repeats allow {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
+            )
+        )
+        return (
+            f"sweeper: study {self.study}, workload {self.workload}, trial {r.point.trial}: "
+            f"{r.point.tok_s['median']:.2f} tok/s, TTFT {r.point.ttft_s['median']:.3f} s"
+            f"{gain}"
+        )
+
+
+def lmstudio_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str, Any]]:
+    """Canonical settings as LM Studio's ``load.fields`` (wire keys and encodings)."""
+    out = []
+    for name, value in settings.to_dict().items():
+        key = PARAMS[name].lmstudio
+        if name in ("k_cache_type", "v_cache_type"):
+            value = {"checked": True, "value": value}
+        elif name == "cpu_moe_layers":
+            if not n_layers:
+                continue  # a ratio needs the layer count; listed in the file's notes instead
+            value = round(min(1.0, value / n_layers), 4)
+        out.append({"key": key, "value": value})
+    return out
+
+
+def lmstudio_json(p: Preset) -> str:
+    doc = {
+        "preset": "",
+        "operation": {"fields": []},
+        "load": {"fields": lmstudio_fields(p.settings, p.n_layers)},
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def lmstudio_install_path(model_key: str) -> Path:
+    """Where LM Studio reads a model's default load config (internal, undocumented)."""
+    return (LMSTUDIO_DEFAULTS_DIR / f"{model_key}.json").expanduser()
+
+
+def model_yaml(p: Preset) -> str:
+    doc = {
+        "model": f"sweeper/{p.model.split('/')[-1]}-{p.workload}",
+        "base": p.model,
+        "config": {"load": {"fields": lmstudio_fields(p.settings, p.n_layers)}},
+    }
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+    return f"# {p.header()}\n{text}"
+
+
+def lms_command(p: Preset) -> str:
+    s = p.settings
+    args = ["lms", "load", p.model]
+    if s.gpu_offload is not None:
+        args += [
+            "--gpu",
+            "max" if s.gpu_offload >= 1 else "off" if s.gpu_offload <= 0 else f"{s.gpu_offload:g}",
+        ]
+    if s.context_length is not None:
+        args += ["--context-length", str(s.context_length)]
+    args += ["--identifier", f"sweeper-{p.workload}"]
+    rest = {k: v for k, v in s.to_dict().items() if k not in ("gpu_offload", "context_length")}
+    lines = [f"# {p.header()}", " ".join(args)]
+    if rest:
+        lines.append(
+            "# `lms load` has no flags for: "
+            + ", ".join(f"{k}={v}" for k, v in rest.items())
+            + "; put them in the model's default config (--format lmstudio)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sdk_config(settings: LoadSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config for ``load_new_instance``, settings SDK 1.5.0's typed config cannot carry)."""
+    config: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    for name, value in settings.to_dict().items():
+        if name == "gpu_offload":
+            config["gpu"] = {"ratio": value}
+        elif name in SDK_KEYS:
+            config[SDK_KEYS[name]] = value
+        else:
+            raw[PARAMS[name].lmstudio] = value
+    return config, raw
+
+
+def sdk_snippet(p: Preset) -> str:
+    config, raw = sdk_config(p.settings)
+    lines = [
+        f"# {p.header()}",
+        "# client.llm.load_new_instance(MODEL, identifier, config=config, ttl=None)",
+        f"config = {pprint.pformat(config, sort_dicts=False)}",
+    ]
+    if raw:
+        lines.append(
+            "# Not in SDK 1.5.0's typed config (sweeper sends them as raw load "
+            "fields): " + ", ".join(f"{k}={v}" for k, v in raw.items())
+        )
+    return "\n".join(lines) + "\n"
+
+
+def llama_server_args(settings: LoadSettings, model: str, n_layers: int | None) -> list[str]:
+    args = ["llama-server", "-m", model]
+    for name, value in settings.to_dict().items():
+        if name == "gpu_offload":
+            layers = (
+                999
+                if value >= 1
+                else 0
+                if value <= 0
+                else (round(value * n_layers) if n_layers else None)
+            )
+            if layers is None:
+                raise ExportError("gpu_offload as llama-server -ngl needs the model's layer count")
+            args += ["-ngl", str(layers)]
+        elif name == "flash_attention":
+            args += ["-fa", "on" if value else "off"]
+        elif name == "mmap":
+            args += [] if value else ["--no-mmap"]
+        elif name == "keep_in_memory":
+            args += ["--mlock"] if value else []
+        elif name == "offload_kv_cache":
+            args += [] if value else ["-nkvo"]
+        else:
+            args += [LLAMA_SERVER_FLAGS[name], str(value)]
+    return args
+
+
+def llama_server_command(p: Preset) -> str:
+    return f"# {p.header()}\n" + " ".join(llama_server_args(p.settings, p.model, p.n_layers)) + "\n"
+
+
+def json_doc(p: Preset) -> str:
+    doc = {
+        "study": p.study,
+        "backend": p.backend,
+        "model": p.model,
+        "recommendation": p.recommendation.to_dict(),
+    }
+    if p.recommendation.baseline is not None:
+        doc["baseline"] = p.recommendation.baseline.to_dict()
+    return json.dumps(doc, indent=2) + "\n"
+
+
+RENDER: dict[str, Callable[[Preset], str]] = {
+    "lmstudio": lmstudio_json,
+    "model-yaml": model_yaml,
+    "lms": lms_command,
+    "sdk": sdk_snippet,
+    "llama-server": llama_server_command,
+    "json": json_doc,
+}
+
+
+def write_atomic(path: Path, text: str, force: bool = False) -> None:
+    """Write ``text`` to ``path`` all at once; refuse to replace a file unless ``force``."""
+    if path.exists() and not force:
+        raise ExportError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; exports are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
+    """Write LM Studio's per-model default config, backing up an existing one first."""
+    target = lmstudio_install_path(p.model)
+    backup = None
+    if target.exists():
+        backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        shutil.copy2(target, backup)
+    write_atomic(target, lmstudio_json(p), force=True)
+    return target, backup

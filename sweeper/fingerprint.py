@@ -1,0 +1,93 @@
+"""The machine a trial ran on: CPU, cores, RAM, GPU, backend version, model identity."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def machine(backend: str, model: str) -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gb": _ram_gb(),
+        "gpus": _gpus(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "backend": backend,
+        "backend_version": _version(
+            {"llama.cpp": "llama-cpp-python", "lmstudio": "lmstudio"}.get(backend, "sweeper")
+        ),
+        "model": _model_identity(model),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _gpus() -> list[dict[str, str]]:
+    """NVIDIA GPUs by nvidia-smi (name, memory, driver); empty where there is none."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        name, memory, driver = (part.strip() for part in line.split(",", 2))
+        gpus.append({"name": name, "memory": memory, "driver": driver})
+    return gpus
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _model_identity(model: str) -> dict[str, Any]:
+    """A local model file by name, size and a hash of its first and last MiB (a full hash
+    of a 12 GB file would take a minute); anything else (an LM Studio key) as given."""
+    path = Path(model)
+    if not path.is_file():
+        return {"key": model}
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(2**20))
+        f.seek(max(0, size - 2**20))
+        h.update(f.read(2**20))
+    return {"file": path.name, "size": size, "sha256_head_tail": h.hexdigest()}

@@ -1,0 +1,378 @@
+"""The HTML report: a data step (``report_data``) and a drawing step (``render``).
+
+One self-contained file (plotly.js inlined, opens offline): per workload the Pareto front of
+tok/s vs TTFT with the repeats' spread as error bars, a table of the front, parameter
+importances, the optimization history; then the applied-vs-requested mismatches, the
+infeasible trials with their reasons, and the machine the study ran on.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.trial import TrialState
+
+from sweeper.recommend import Recommendation, recommend
+from sweeper.results import Point, failure_reason, pareto_front, points
+from sweeper.studyfile import StudyConfig
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    trial: int
+    reason: str
+    detail: str
+    settings: dict[str, Any]
+    tok_s: float | None = None  # measured, when the trial ran (e.g. truncated)
+    ttft_s: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    workload: str
+    points: list[Point]
+    front: list[Point]
+    infeasible: list[Infeasible]
+    recommendation: Recommendation | None
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    study: str
+    storage: str
+    workloads: list[WorkloadView]
+    mismatches: list[dict[str, Any]]
+    machines: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
+    views = []
+    for w in config.workloads:
+        pts = points(study, w.name)
+        infeasible = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            reason = failure_reason(t, w.name)
+            if reason is None:
+                continue
+            data = t.user_attrs.get(f"w:{w.name}")
+            infeasible.append(
+                Infeasible(
+                    trial=t.number,
+                    reason=reason,
+                    detail=str(t.user_attrs.get("failure_detail", "")),
+                    settings=t.user_attrs.get("settings", {}),
+                    tok_s=data["tok_s"]["median"] if data else None,
+                    ttft_s=data["ttft_s"]["median"] if data else None,
+                )
+            )
+        views.append(
+            WorkloadView(
+                workload=w.name,
+                points=pts,
+                front=pareto_front(pts),
+                infeasible=infeasible,
+                recommendation=recommend(study, w.name, w.max_tokens, config.recommend),
+                importances=_importances(study, config, w.name),
+            )
+        )
+    trials = study.get_trials(deepcopy=False)
+    mismatches = [
+        {"trial": t.number, **{k: f"{v[0]} -> {v[1]}" for k, v in t.user_attrs["mismatch"].items()}}
+        for t in trials
+        if t.user_attrs.get("mismatch")
+    ]
+    machines = list(
+        {
+            json.dumps(t.user_attrs["machine"], sort_keys=True): t.user_attrs["machine"]
+            for t in trials
+            if t.user_attrs.get("machine")
+        }.values()
+    )
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            key = failure_reason(t) or "feasible"
+        else:
+            key = t.state.name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return ReportData(study.study_name, storage, views, mismatches, machines, counts)
+
+
+def feasible_study(study: optuna.Study, config: StudyConfig, workload: str) -> optuna.Study:
+    """An in-memory copy with only the trials feasible for ``workload``: placeholder values
+    of failed trials would otherwise dominate importances and history."""
+    copy = optuna.create_study(directions=study.directions)
+    keep = {p.trial for p in points(study, workload)}
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.number in keep])
+    return copy
+
+
+def _importances(
+    study: optuna.Study, config: StudyConfig, workload: str
+) -> dict[str, dict[str, float]]:
+    names = [w.name for w in config.workloads]
+    i = names.index(workload) * 2
+    copy = feasible_study(study, config, workload)
+    out: dict[str, dict[str, float]] = {}
+    for label, index, sign in (("tok/s", i, -1.0), ("TTFT", i + 1, 1.0)):
+
+        def target(t: optuna.trial.FrozenTrial, k: int = index, s: float = sign) -> float:
+            return s * float(t.values[k])  # PED-ANOVA ranks lower as better: tok/s is negated
+
+        try:
+            with warnings.catch_warnings():
+                # PED-ANOVA warns that it ranks low targets as good: that is why tok/s is negated
+                warnings.simplefilter("ignore", UserWarning)
+                out[label] = optuna.importance.get_param_importances(copy, target=target)
+        except (ValueError, RuntimeError):
+            out[label] = {}  # too few trials, or no parameter varied
+    return out
+
+
+# ---- drawing ------------------------------------------------------------------------------
+
+FADED = 0.3
+
+
+def pareto_figure(view: WorkloadView) -> go.Figure:
+    fig = go.Figure()
+    on_front = {p.trial for p in view.front}
+    rec = view.recommendation.point.trial if view.recommendation else None
+    for label, pts, opacity in (
+        ("dominated", [p for p in view.points if p.trial not in on_front], FADED),
+        ("Pareto front", sorted(view.front, key=lambda p: p.ttft_s["median"]), 1.0),
+    ):
+        if not pts:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[p.tok_s["median"] for p in pts],
+                y=[p.ttft_s["median"] for p in pts],
+                mode="markers+lines" if label == "Pareto front" else "markers",
+                name=label,
+                opacity=opacity,
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [p.tok_s["max"] - p.tok_s["median"] for p in pts],
+                    "arrayminus": [p.tok_s["median"] - p.tok_s["min"] for p in pts],
+                },
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [p.ttft_s["max"] - p.ttft_s["median"] for p in pts],
+                    "arrayminus": [p.ttft_s["median"] - p.ttft_s["min"] for p in pts],
+                },
+                marker={
+                    "size": 10,
+                    "color": [p.output_tokens for p in pts],
+                    "colorscale": "Viridis",
+                    "showscale": label == "Pareto front",
+                    "colorbar": {"title": "output tokens"},
+                },
+                text=[_hover(p) for p in pts],
+                hoverinfo="text",
+            )
+        )
+    measured = [i for i in view.infeasible if i.tok_s is not None]
+    failed = [i for i in view.infeasible if i.tok_s is None]
+    if measured:
+        fig.add_trace(
+            go.Scatter(
+                x=[i.tok_s for i in measured],
+                y=[i.ttft_s for i in measured],
+                mode="markers",
+                name="infeasible (measured)",
+                opacity=FADED,
+                marker={"color": "grey", "size": 9},
+                text=[_hover_infeasible(i) for i in measured],
+                hoverinfo="text",
+            )
+        )
+    if failed:
+        fig.add_trace(
+            go.Scatter(
+                x=[0.0] * len(failed),
+                y=[0.0] * len(failed),
+                mode="markers",
+                name="failed (not measured)",
+                opacity=FADED,
+                marker={"color": "grey", "symbol": "x", "size": 9},
+                text=[_hover_infeasible(i) for i in failed],
+                hoverinfo="text",
+            )
+        )
+    for p, label, symbol in (
+        (next((p for p in view.points if p.baseline), None), "baseline", "star"),
+        (next((p for p in view.points if p.trial == rec), None), "recommended", "diamond"),
+    ):
+        if p is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.tok_s["median"]],
+                    y=[p.ttft_s["median"]],
+                    mode="markers",
+                    name=label,
+                    marker={
+                        "symbol": symbol,
+                        "size": 18,
+                        "color": "rgba(0,0,0,0)",
+                        "line": {
+                            "width": 2,
+                            "color": "crimson" if label == "recommended" else "black",
+                        },
+                    },
+                    text=[_hover(p)],
+                    hoverinfo="text",
+                )
+            )
+    fig.update_layout(
+        title=f"{view.workload}: decode tok/s vs time to first token "
+        "(median of the repeats; bars: min-max)",
+        xaxis_title="decode tok/s (higher is better)",
+        yaxis_title="time to first token, s (lower is better)",
+        template="plotly_white",
+        height=520,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def _hover(p: Point) -> str:
+    settings = "<br>".join(f"{k} = {v}" for k, v in p.settings.items())
+    return (
+        f"trial {p.trial}{' (baseline)' if p.baseline else ''}<br>"
+        f"{p.tok_s['median']:.2f} tok/s [{p.tok_s['min']:.2f}-{p.tok_s['max']:.2f}]<br>"
+        f"TTFT {p.ttft_s['median']:.3f} s<br>{p.output_tokens:.0f} output tokens<br>"
+        f"{settings}"
+    )
+
+
+def _hover_infeasible(i: Infeasible) -> str:
+    return f"trial {i.trial}: {i.reason}<br>{html.escape(i.detail[:200])}"
+
+
+def _figure_html(fig: go.Figure) -> str:
+    return str(fig.to_html(full_html=False, include_plotlyjs=False))
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    return str(
+        pd.DataFrame(rows).fillna("").to_html(index=False, escape=True, border=0, classes="table")
+    )
+
+
+def _front_rows(view: WorkloadView) -> list[dict[str, Any]]:
+    rec = view.recommendation.point.trial if view.recommendation else None
+    rows = []
+    for p in view.front:
+        mark = " (recommended)" if p.trial == rec else ""
+        rows.append(
+            {
+                "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}{mark}",
+                "tok/s median [min-max]": f"{p.tok_s['median']:.2f} [{p.tok_s['min']:.2f}-"
+                f"{p.tok_s['max']:.2f}]",
+                "TTFT s": f"{p.ttft_s['median']:.3f} [{p.ttft_s['min']:.3f}-{p.ttft_s['max']:.3f}]",
+                "output tokens": f"{p.output_tokens:.0f}",
+                "Δ tok/s": "" if p.delta_tok_s_pct is None else f"{p.delta_tok_s_pct:+.1f}%",
+                **p.settings,
+            }
+        )
+    return rows
+
+
+def _importance_figure(view: WorkloadView) -> go.Figure | None:
+    if not any(view.importances.values()):
+        return None
+    fig = go.Figure()
+    for label, imp in view.importances.items():
+        fig.add_trace(go.Bar(y=list(imp), x=list(imp.values()), name=label, orientation="h"))
+    fig.update_layout(
+        title=f"{view.workload}: parameter importance (PED-ANOVA, feasible trials)",
+        barmode="group",
+        template="plotly_white",
+        height=360,
+        xaxis_title="importance",
+    )
+    return fig
+
+
+def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
+    parts = [
+        f"<h1>sweeper report: {html.escape(data.study)}</h1>",
+        f"<p>storage {html.escape(data.storage)}; trials: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(data.counts.items()))
+        + "</p>",
+    ]
+    names = [w.name for w in config.workloads]
+    for view in data.workloads:
+        parts.append(f'<section class="workload" id="workload-{html.escape(view.workload)}">')
+        parts.append(f"<h2>Workload {html.escape(view.workload)}</h2>")
+        r = view.recommendation
+        if r is not None:
+            gain = (
+                ""
+                if r.gain_tok_s_pct is None
+                else (
+                    f"; {r.gain_tok_s_pct[0]:+.1f}% tok/s against the baseline (the repeats "
+                    f"allow {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
+                )
+            )
+            parts.append(
+                f"<p><b>Recommended: trial {r.point.trial}</b>, expected "
+                f"{r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens{gain}.</p>"
+            )
+        parts.append(f'<div class="pareto">{_figure_html(pareto_figure(view))}</div>')
+        parts.append("<h3>Pareto front</h3>" + _table(_front_rows(view)))
+        imp = _importance_figure(view)
+        if imp is not None:
+            parts.append(_figure_html(imp))
+        copy = feasible_study(study, config, view.workload)
+        if copy.trials:
+            k = names.index(view.workload) * 2
+
+            def tok_s(t: optuna.trial.FrozenTrial, k: int = k) -> float:
+                return float(t.values[k])
+
+            hist = optuna.visualization.plot_optimization_history(
+                copy, target=tok_s, target_name=f"{view.workload} tok/s"
+            )
+            hist.update_layout(title=f"{view.workload}: optimization history (tok/s)")
+            parts.append(_figure_html(hist))
+        parts.append(
+            "<h3>Infeasible trials</h3>"
+            + _table(
+                [
+                    {"trial": i.trial, "reason": i.reason, "detail": i.detail[:300], **i.settings}
+                    for i in view.infeasible
+                ]
+            )
+        )
+        parts.append("</section>")
+    parts.append("<h2>Applied differs from requested</h2>" + _table(data.mismatches))
+    parts.append("<h2>Machines</h2>" + _table([_flat(m) for m in data.machines]))
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>sweeper: {html.escape(data.study)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        ".table{border-collapse:collapse;font-size:13px}.table td,.table th{padding:3px 8px;"
+        "border-bottom:1px solid #ddd}</style>"
+        f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>{body}</body></html>"
+    )
+
+
+def _flat(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in m.items()}

@@ -1,0 +1,205 @@
+"""Every export format round-trips into what its consumer accepts."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from llama_cpp import Llama
+from lmstudio._kv_config import load_config_to_kv_config_stack
+from lmstudio._sdk_models import LlmLoadModelConfig
+
+from conftest import WriteStudy, run_fake
+from lmstudio_server.server import KNOWN_LOAD_KEYS, collapse, llama_kwargs
+from sweeper import export
+from sweeper.cli import cli
+from sweeper.errors import SweeperError
+from sweeper.recommend import recommend
+from sweeper.settings import LoadSettings
+
+FULL = LoadSettings(
+    context_length=2048,
+    gpu_offload=0.5,
+    eval_batch_size=256,
+    physical_batch_size=128,
+    cpu_threads=2,
+    flash_attention=True,
+    k_cache_type="q8_0",
+    v_cache_type="q8_0",
+    mmap=False,
+    keep_in_memory=False,
+    offload_kv_cache=True,
+    cpu_moe_layers=3,
+)
+
+
+@pytest.fixture
+def preset(write_study: WriteStudy) -> export.Preset:
+    config, study = run_fake(write_study(), trials=3)
+    rec = recommend(study, "short", 16)
+    assert rec is not None
+    rec = type(rec)(
+        **{
+            **rec.__dict__,
+            "point": type(rec.point)(**{**rec.point.__dict__, "settings": FULL.to_dict()}),
+        }
+    )
+    return export.Preset("fake", "google/gemma-3-270m", "lmstudio", rec, n_layers=18)
+
+
+def test_sdk_dict_is_accepted_by_the_sdk_config_types(preset: export.Preset) -> None:
+    namespace: dict[str, object] = {}
+    exec(export.sdk_snippet(preset), namespace)
+    config = namespace["config"]
+    LlmLoadModelConfig._from_any_dict(config)
+    stack = load_config_to_kv_config_stack(config, LlmLoadModelConfig)
+    sent = {f.key for layer in stack.layers for f in layer.config.fields}
+    typed, raw = export.sdk_config(preset.settings)
+    assert len(sent - {"load.gpuSplitConfig"}) == len(typed)  # nothing silently dropped
+    assert set(raw) == {
+        "llm.load.llama.physicalBatchSize",
+        "llm.load.llama.cpuThreadPoolSize",
+        "llm.load.numCpuExpertLayersRatio",
+    }
+    assert "cpuThreadPoolSize=2" in export.sdk_snippet(preset)
+
+
+def test_lmstudio_json_is_read_by_the_test_servers_parser(
+    preset: export.Preset, model_path: str
+) -> None:
+    doc = json.loads(export.lmstudio_json(preset))
+    assert doc["operation"] == {"fields": []}
+    fields = collapse(
+        {"layers": [{"layerName": "userModelDefault", "config": {"fields": doc["load"]["fields"]}}]}
+    )
+    assert set(fields) <= KNOWN_LOAD_KEYS
+    assert fields["llm.load.numCpuExpertLayersRatio"] == round(3 / 18, 4)
+    kwargs, n_gpu = llama_kwargs(fields, model_path)
+    assert (kwargs["n_ctx"], kwargs["n_batch"], kwargs["n_ubatch"], kwargs["n_threads"]) == (
+        2048,
+        256,
+        128,
+        2,
+    )
+    assert kwargs["flash_attn"] is True and kwargs["use_mmap"] is False
+    assert kwargs["type_k"] == kwargs["type_v"] == 8  # GGML_TYPE_Q8_0
+    assert kwargs["n_gpu_layers"] == 9  # half of 18 layers
+
+
+def test_model_yaml_carries_the_same_fields(preset: export.Preset) -> None:
+    doc = yaml.safe_load(export.model_yaml(preset))
+    assert doc["base"] == "google/gemma-3-270m"
+    assert (
+        doc["config"]["load"]["fields"]
+        == json.loads(export.lmstudio_json(preset))["load"]["fields"]
+    )
+
+
+def test_lms_line_says_what_it_cannot_carry(preset: export.Preset) -> None:
+    text = export.lms_command(preset)
+    assert (
+        "lms load google/gemma-3-270m --gpu 0.5 --context-length 2048 "
+        "--identifier sweeper-short" in text
+    )
+    assert "`lms load` has no flags for: eval_batch_size=256" in text
+
+
+#: llama-server flag -> llama_cpp.Llama parameter, from llama.cpp's common/arg.cpp names.
+FLAG_TO_LLAMA = {
+    "-c": "n_ctx",
+    "-ngl": "n_gpu_layers",
+    "-b": "n_batch",
+    "-ub": "n_ubatch",
+    "-t": "n_threads",
+    "-fa": "flash_attn",
+    "-ctk": "type_k",
+    "-ctv": "type_v",
+    "--no-mmap": "use_mmap",
+    "--mlock": "use_mlock",
+    "-nkvo": "offload_kqv",
+}
+
+
+def test_llama_server_flags_are_llama_cpps_own(preset: export.Preset) -> None:
+    args = export.llama_server_args(preset.settings, "m.gguf", 18)
+    llama_params = set(inspect.signature(Llama.__init__).parameters)
+    assert set(FLAG_TO_LLAMA.values()) <= llama_params
+    flags = [a for a in args[3:] if a.startswith("-")]
+    for flag in flags:
+        assert flag in FLAG_TO_LLAMA or flag == "--n-cpu-moe", flag
+    values = dict(zip(args[3::1], args[4::1], strict=False))
+    assert (values["-c"], values["-ngl"], values["-b"], values["-ub"], values["-t"]) == (
+        "2048",
+        "9",
+        "256",
+        "128",
+        "2",
+    )
+    assert values["-fa"] == "on" and values["-ctk"] == values["-ctv"] == "q8_0"
+    assert values["--n-cpu-moe"] == "3"
+    assert "--no-mmap" in args and "--mlock" not in args and "-nkvo" not in args
+
+
+def test_json_has_the_numbers_and_spread(preset: export.Preset) -> None:
+    doc = json.loads(export.json_doc(preset))
+    rec = doc["recommendation"]
+    assert rec["settings"] == FULL.to_dict()
+    assert set(rec["tok_s"]) >= {"median", "min", "max"}
+    assert doc["baseline"]["baseline"] is True
+
+
+def test_atomic_write_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    export.write_atomic(path, "one")
+    with pytest.raises(SweeperError, match="exists; pass --force"):
+        export.write_atomic(path, "two")
+    export.write_atomic(path, "two", force=True)
+    assert path.read_text() == "two"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left
+
+
+def test_install_backs_up_the_existing_config(
+    preset: export.Preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    target = (
+        tmp_path
+        / ".lmstudio/.internal/user-concrete-model-default-config"
+        / "google/gemma-3-270m.json"
+    )
+    assert export.lmstudio_install_path(preset.model) == target
+    target.parent.mkdir(parents=True)
+    target.write_text('{"old": true}')
+    written, backup = export.install_lmstudio(preset)
+    assert written == target and backup is not None
+    assert json.loads(backup.read_text()) == {"old": True}
+    assert json.loads(target.read_text())["load"]["fields"]
+
+
+def test_export_all_through_the_cli(write_study: WriteStudy, tmp_path: Path) -> None:
+    path = write_study()
+    run_fake(path, trials=3)
+    out = tmp_path / "presets"
+    result = CliRunner().invoke(cli, ["export", str(path), "--all", str(out)])
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [f"fake-{w}{s}" for w in ("short", "long") for s in export.SUFFIX.values()]
+        + ["fake-report.html"]
+    )
+    again = CliRunner().invoke(cli, ["export", str(path), "--all", str(out)])
+    assert again.exit_code == 2 and "exists; pass --force to overwrite it" in again.stderr
+    one = CliRunner().invoke(cli, ["export", str(path), "-w", "long", "--format", "lms"])
+    assert one.exit_code == 0 and one.stdout.startswith("# sweeper: study fake, workload long")
+
+
+def test_export_needs_a_workload(write_study: WriteStudy) -> None:
+    path = write_study()
+    run_fake(path, trials=1)
+    result = CliRunner().invoke(cli, ["export", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == "error: give --workload NAME (short, long) or --all DIR\n"

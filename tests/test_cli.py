@@ -43,8 +43,10 @@ def test_run_status_and_pareto(write_study: WriteStudy) -> None:
     assert code == 0
     fronts = json.loads(out)
     assert set(fronts) == {"short", "long"}
-    for front in fronts.values():
+    for doc in fronts.values():
+        front = doc["front"]
         assert front and all({"trial", "tok_s", "ttft_s", "settings"} <= set(p) for p in front)
+        assert doc["recommended"]["trial"] in {p["trial"] for p in front}
 
     code, out, _ = invoke("pareto", path, "--workload", "long")
     assert code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 from pathlib import Path
 
@@ -39,7 +40,7 @@ FULL = LoadSettings(
 
 @pytest.fixture
 def preset(write_study: WriteStudy) -> export.Preset:
-    config, study = run_fake(write_study(), trials=3)
+    _, study = run_fake(write_study(), trials=3)
     rec = recommend(study, "short", 16)
     assert rec is not None
     rec = type(rec)(
@@ -78,7 +79,7 @@ def test_lmstudio_json_is_read_by_the_test_servers_parser(
     )
     assert set(fields) <= KNOWN_LOAD_KEYS
     assert fields["llm.load.numCpuExpertLayersRatio"] == round(3 / 18, 4)
-    kwargs, n_gpu = llama_kwargs(fields, model_path)
+    kwargs, _ = llama_kwargs(fields, model_path)
     assert (kwargs["n_ctx"], kwargs["n_batch"], kwargs["n_ubatch"], kwargs["n_threads"]) == (
         2048,
         256,
@@ -131,7 +132,7 @@ def test_llama_server_flags_are_llama_cpps_own(preset: export.Preset) -> None:
     flags = [a for a in args[3:] if a.startswith("-")]
     for flag in flags:
         assert flag in FLAG_TO_LLAMA or flag == "--n-cpu-moe", flag
-    values = dict(zip(args[3::1], args[4::1], strict=False))
+    values = dict(itertools.pairwise(args))
     assert (values["-c"], values["-ngl"], values["-b"], values["-ub"], values["-t"]) == (
         "2048",
         "9",

@@ -26,7 +26,7 @@ def by_threads(table: dict[int, tuple[float, float]]):
 
 
 def study_with(write_study: WriteStudy, table: dict[int, tuple[float, float]]):
-    config, study = run_fake(write_study(**ONE_PARAM), trials=1, behaviour=by_threads(table))
+    _, study = run_fake(write_study(**ONE_PARAM), trials=1, behaviour=by_threads(table))
     for threads in table:
         if threads != 1:
             study.enqueue_trial(
@@ -40,7 +40,7 @@ def study_with(write_study: WriteStudy, table: dict[int, tuple[float, float]]):
 
 def test_lowest_expected_completion_time_wins(write_study: WriteStudy) -> None:
     # 16 tokens: threads 2 -> 1.0 + 16/40 = 1.4 s; threads 4 -> 0.1 + 16/20 = 0.9 s
-    config, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
+    _, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
     rec = recommend(study, "short", 16)
     assert rec is not None
     assert rec.point.settings["cpu_threads"] == 4
@@ -50,19 +50,19 @@ def test_lowest_expected_completion_time_wins(write_study: WriteStudy) -> None:
 
 
 def test_limits_exclude_candidates(write_study: WriteStudy) -> None:
-    config, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
+    _, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
     rec = recommend(study, "short", 16, Rule(tok_s_min=30.0))
     assert rec is not None and rec.point.settings["cpu_threads"] == 2
     assert recommend(study, "short", 16, Rule(ttft_max=0.05)) is None
 
 
 def test_weighted_rule(write_study: WriteStudy) -> None:
-    config, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
+    _, study = study_with(write_study, {1: (10.0, 2.0), 2: (40.0, 1.0), 4: (20.0, 0.1)})
     rec = recommend(study, "short", 16, Rule(kind="weighted", tok_s_weight=1.0, ttft_weight=0.0))
     assert rec is not None and rec.point.settings["cpu_threads"] == 2
 
 
 def test_a_tie_goes_to_the_baseline_like_config(write_study: WriteStudy) -> None:
-    config, study = study_with(write_study, {1: (20.0, 0.5), 2: (20.0, 0.5)})
+    _, study = study_with(write_study, {1: (20.0, 0.5), 2: (20.0, 0.5)})
     rec = recommend(study, "short", 16)
     assert rec is not None and rec.point.baseline

@@ -49,7 +49,7 @@ def test_run_then_resume_on_the_real_model(write_study: WriteStudy) -> None:
     pareto = runner.invoke(cli, ["pareto", str(path), "--json"])
     assert pareto.exit_code == 0
     fronts = json.loads(pareto.stdout)
-    assert fronts["short"] and fronts["long"]
+    assert fronts["short"]["front"] and fronts["long"]["front"]
     status = runner.invoke(cli, ["status", str(path)])
     assert status.exit_code == 0
     assert "5 trials, 5 complete" in status.stdout

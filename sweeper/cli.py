@@ -22,7 +22,7 @@ from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.measure import Run
 from sweeper.recommend import Recommendation, recommend
-from sweeper.study import Sweep, open_study, redact
+from sweeper.study import Sweep, check_machine, open_study, redact
 from sweeper.studyfile import StudyConfig, parse_duration
 from sweeper.worker import WorkerError, WorkerSpec, run_in_child
 
@@ -55,8 +55,9 @@ def cli(verbose: int) -> None:
     """Find the fastest load settings for a local LLM, per workload."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
     log.handlers[:] = [handler]
-    log.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -80,8 +81,18 @@ def _load(path: str) -> StudyConfig:
 @click.option(
     "--host", metavar="HOST:PORT", help="Backend server (LM Studio); overrides the study file's."
 )
+@click.option(
+    "--allow-mixed-hardware",
+    is_flag=True,
+    help="Join a study that another kind of machine started (results are grouped by machine).",
+)
 def run(
-    study_file: str, trials: int | None, timeout: str | None, storage: str | None, host: str | None
+    study_file: str,
+    trials: int | None,
+    timeout: str | None,
+    storage: str | None,
+    host: str | None,
+    allow_mixed_hardware: bool,
 ) -> None:
     """Run (or resume) the sweep described by STUDY.toml."""
     config = _load(study_file)
@@ -100,13 +111,15 @@ def run(
             tuple(options.items()),
             memory_limit_mb=config.memory_limit_mb,
         )
+        machine = fingerprint.machine(config.backend, model)
         sweep = Sweep(
             config,
             lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
             storage,
-            fingerprint.machine(config.backend, model),
+            machine,
         )
         study = sweep.open()
+        check_machine(study, machine, allow_mixed_hardware)
     except SweeperError as exc:
         _fail(str(exc))
     target = trials or config.trials
@@ -118,6 +131,13 @@ def run(
             err=True,
         )
         return
+    file_log = _log_to_file(config.base_dir / f"{config.name}.log")
+    log.info(
+        "run %s: target %d trials, storage %s",
+        config.name,
+        target,
+        redact(storage or config.storage),
+    )
     bar = _ProgressBar(config, total=target - done)
     sweep.progress = bar.on_progress
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -143,12 +163,23 @@ def run(
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
+        log.removeHandler(file_log)
+        file_log.close()
     bar.close()
     summary = results.status(study, [w.name for w in config.workloads])
     click.echo(f"ran {ran} trials; {_status_line(summary)}")
     for name, best in summary["best"].items():
         click.echo(f"  best {name}: {_best_line(best)}")
     click.echo(f"see the fronts with: sweeper pareto {study_file}")
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Every trial's settings, applied config, measurements and failures, for the morning after."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(message)s"))
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:

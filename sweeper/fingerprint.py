@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -91,3 +92,24 @@ def _model_identity(model: str) -> dict[str, Any]:
         f.seek(max(0, size - 2**20))
         h.update(f.read(2**20))
     return {"file": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
+
+
+#: What must match for two machines' numbers to be comparable (the host name need not).
+COMPARED = ("cpu", "cores", "ram_gb", "gpus", "backend", "backend_version", "model")
+
+
+def comparable(m: dict[str, Any]) -> dict[str, Any]:
+    out = {k: m.get(k) for k in COMPARED}
+    if isinstance(out["ram_gb"], int | float):
+        out["ram_gb"] = round(out["ram_gb"])  # the kernel's MemTotal varies by a few MB
+    return out
+
+
+def short_id(m: dict[str, Any]) -> str:
+    text = json.dumps(comparable(m), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    ca, cb = comparable(a), comparable(b)
+    return [f"{k}: {ca[k]!r} vs {cb[k]!r}" for k in COMPARED if ca[k] != cb[k]]

@@ -11,6 +11,7 @@ the sampler learns to avoid them, and a FAIL is reserved for an interrupted tria
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import __version__
+from sweeper import __version__, fingerprint
 from sweeper.errors import StorageError, TrialFailure
 from sweeper.measure import TrialOutcome
 from sweeper.settings import LoadSettings, invalid_combination
@@ -55,18 +56,30 @@ def redact(url: str) -> str:
         return "<storage URL>"
 
 
-def open_storage(url: str) -> RDBStorage:
+def open_storage(url: str, heartbeat_s: float = 30, grace_s: float = 120) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (kill -9, power cut)
+    is failed after ``grace_s`` by the next worker that asks for a trial, and retried once."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # survive a database restart overnight
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=30,
-            grace_period=120,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+        for attempt in range(5):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=max(1, round(heartbeat_s)),
+                    grace_period=max(2, round(grace_s)),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            except sqlalchemy.exc.IntegrityError:
+                # Workers starting together on an empty database race to create the tables
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+        raise AssertionError("unreachable")
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(
@@ -84,7 +97,7 @@ def open_study(
         path = url[len("sqlite:///") :]
         if path and path != ":memory:" and not os.path.exists(path):
             raise StorageError(f"no study yet at {path}; run `sweeper run {config.path}` first")
-    storage = open_storage(url)
+    storage = open_storage(url, config.heartbeat_s, config.heartbeat_grace_s)
     names = metric_names([w.name for w in config.workloads])
     if create:
         study = optuna.create_study(
@@ -120,6 +133,22 @@ def _check_same_study(study: optuna.Study, config: StudyConfig, names: list[str]
             f"study {config.name!r} was created with a different "
             f"{', '.join(changed) or 'set of workloads'} than {config.path} now has; "
             "give the study a new name (or restore the file) so that results stay comparable"
+        )
+
+
+def check_machine(study: optuna.Study, machine: dict[str, Any], allow_mixed: bool) -> None:
+    """Refuse a worker whose hardware differs from the study's first, unless allowed:
+    numbers from different machines are not comparable."""
+    first = study.user_attrs.get("machine")
+    if first is None:
+        study.set_user_attr("machine", machine)
+        return
+    diff = fingerprint.differences(first, machine)
+    if diff and not allow_mixed:
+        raise StorageError(
+            f"this machine differs from the one study {study.study_name!r} started on "
+            f"({'; '.join(diff)}); its numbers would not be comparable. Use a new study name, "
+            "or pass --allow-mixed-hardware to add it anyway (results are then grouped by machine)"
         )
 
 
@@ -170,7 +199,12 @@ class Sweep:
             self.objective,
             n_trials=target - done,
             timeout=timeout_s,
-            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), *callbacks],
+            # Running trials count too: with several workers on one study, a worker does not
+            # start a trial that other workers' running trials already make unnecessary.
+            callbacks=[
+                MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.RUNNING)),
+                *callbacks,
+            ],
         )
         return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
 
@@ -211,10 +245,15 @@ class Sweep:
     def objective(self, trial: optuna.Trial) -> list[float]:
         cfg = self.config
         is_baseline = trial.user_attrs.get("tag") == "baseline"
+        if is_baseline and _earlier_baseline(trial):
+            # Two workers starting together may both enqueue the baseline: the second run
+            # of it is kept as a repeat measurement, under its own tag.
+            trial.set_user_attr("tag", "baseline-repeat")
         settings = cfg.space.suggest(trial, cfg.baseline if is_baseline else None)
         trial.set_user_attr("settings", settings.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("machine", self.machine)
+        log.info("trial %d start: %s", trial.number, json.dumps(settings.to_dict()))
         start = time.perf_counter()
         why = invalid_combination(settings)
         if why:
@@ -274,7 +313,30 @@ class Sweep:
         if truncated:
             trial.set_user_attr("failure_reason", "truncated")
             trial.set_user_attr("failure_detail", "; ".join(truncated))
+        log.info(
+            "trial %d done: %s",
+            trial.number,
+            json.dumps(
+                {
+                    "applied": outcome.applied,
+                    "mismatch": mismatch,
+                    "load_s": outcome.load_s,
+                    "peak_rss_mb": outcome.peak_rss_mb,
+                    "truncated": truncated,
+                    "workloads": {w: r.summary() for w, r in outcome.workloads.items()},
+                }
+            ),
+        )
         return values
+
+
+def _earlier_baseline(trial: optuna.Trial) -> bool:
+    return any(
+        t.number < trial.number
+        and t.user_attrs.get("tag") == "baseline"
+        and t.state != TrialState.FAIL
+        for t in trial.study.get_trials(deepcopy=False)
+    )
 
 
 def _same(requested: Any, applied: Any) -> bool:

@@ -22,6 +22,8 @@ class _Budget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trials: int = 50
     timeout: str | None = None
     trial_timeout: str = "30m"
+    heartbeat: str = "30s"
+    heartbeat_grace: str = "2m"
     memory_limit_mb: int | None = None
 
 
@@ -96,6 +98,8 @@ class StudyConfig:
     trials: int
     timeout_s: float | None
     trial_timeout_s: float
+    heartbeat_s: float
+    heartbeat_grace_s: float
     memory_limit_mb: int | None
     sampler_seed: int
     recommend: Rule
@@ -193,6 +197,8 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         if doc.budget.timeout
         else None,
         trial_timeout_s=parse_duration(doc.budget.trial_timeout, "budget.trial_timeout"),
+        heartbeat_s=parse_duration(doc.budget.heartbeat, "budget.heartbeat"),
+        heartbeat_grace_s=parse_duration(doc.budget.heartbeat_grace, "budget.heartbeat_grace"),
         memory_limit_mb=doc.budget.memory_limit_mb,
         sampler_seed=doc.sampler_seed,
         recommend=Rule(

@@ -9,6 +9,7 @@ first-generation-in-a-process slowdown and memory figures stay per trial.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import re
@@ -98,7 +99,9 @@ def run_in_child(
     parent, child = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:
         log_path = f.name
-    proc = ctx.Process(target=_child_main, args=(child, spec, settings, log_path), daemon=True)
+    proc = ctx.Process(
+        target=_child_main, args=(child, spec, settings, log_path, os.getpid()), daemon=True
+    )
     proc.start()
     child.close()
     deadline = time.monotonic() + timeout_s
@@ -132,9 +135,12 @@ def run_in_child(
             os.unlink(log_path)
 
 
-def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str) -> None:
+def _child_main(
+    conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str, parent_pid: int
+) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what to do with the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
     os.close(fd)
@@ -152,6 +158,16 @@ def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILL when the parent dies, even by kill -9, so no orphan keeps
+    generating (and holding the model) after its sweep is gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _classify(reason: str, detail: str, log_path: str) -> tuple[str, str]:

@@ -109,3 +109,6 @@ def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[object,
     study = sweep.open()
     sweep.run(study, trials=trials)
     return config, study
+
+
+from postgres import postgres_url  # noqa: E402,F401  (a fixture, shared by the test modules)

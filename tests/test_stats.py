@@ -43,7 +43,7 @@ def test_identical_configs_give_no_verdict_at_the_nominal_rate() -> None:
     rng = np.random.default_rng(3)
     false = 0
     sims = 300
-    for i in range(sims):
+    for _ in range(sims):
         a = rng.normal(40.0, 1.0, size=8)
         b = rng.normal(40.0, 1.0, size=8)
         false += verdict(paired_difference(a, b), True) != "no detectable difference"

@@ -418,9 +418,22 @@ def status(study_file: str, storage: str | None, as_json: bool) -> None:
     for name, best in summary["best"].items():
         click.echo(f"best {name}: {_best_line(best)}")
     click.echo("workers: " + ", ".join(f"{w} ({n} trials)" for w, n in summary["workers"].items()))
+    for event in summary["drift_events"]:
+        click.echo(f"warning: {_drift_line(event)}")
     if len(summary["machines"]) > 1:
         mixed = ", ".join(f"{m} ({n} trials)" for m, n in summary["machines"].items())
         click.echo(f"machines (mixed hardware): {mixed}")
+
+
+def _drift_line(event: dict[str, Any]) -> str:
+    moved = ", ".join(
+        f"{w} {v[0]:+.1f}% tok/s [{v[1]:+.1f}%, {v[2]:+.1f}%]"
+        for w, v in event["tok_s_change_pct"].items()
+    )
+    return (
+        f"drift: the baseline re-run in trial {event['check_trial']} moved ({moved}); "
+        f"trials {event['since_trial'] + 1}-{event['check_trial'] - 1} may be affected"
+    )
 
 
 def _status_line(s: dict[str, Any]) -> str:
@@ -492,7 +505,9 @@ def _recommendation_line(r: Recommendation) -> str:
     )
     if r.gain_tok_s_pct is not None:
         med, low, high = r.gain_tok_s_pct
-        line += f"; {med:+.1f}% tok/s vs baseline (repeats allow {low:+.1f}% to {high:+.1f}%)"
+        line += f"; {med:+.1f}% tok/s vs baseline (95% interval {low:+.1f}% to {high:+.1f}%)"
+    if r.note:
+        line += f"; {r.note}"
     return line
 
 
@@ -502,8 +517,12 @@ def _table(
     def spread(d: dict[str, float], fmt: Callable[[float], str]) -> str:
         return f"{fmt(d['median'])} [{fmt(d['min'])}-{fmt(d['max'])}]"
 
-    def pct(v: float | None) -> str:
-        return "" if v is None else f"{v:+.1f}%"
+    def noisy(v: float | None, ci: list[float] | None) -> str:
+        """A change whose 95% interval includes zero is marked as noise (~)."""
+        if v is None:
+            return ""
+        within_noise = ci is not None and ci[1] <= 0 <= ci[2]
+        return f"{'~' if within_noise else ''}{v:+.1f}%"
 
     rows = []
     for p in front:
@@ -513,8 +532,10 @@ def _table(
             "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
             "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),
             "out tok": f"{p.output_tokens:.0f}",
-            "Δtok/s": pct(p.delta_tok_s_pct),
-            "ΔTTFT": pct(p.delta_ttft_pct),
+            "Δtok/s": noisy(p.delta_tok_s_pct, p.delta_tok_s_ci),
+            "ΔTTFT": noisy(p.delta_ttft_pct, p.delta_ttft_ci),
+            "out/base": "" if p.output_ratio is None else f"{p.output_ratio:.2f}",
+            "stop": ",".join(p.stop_reasons),
         }
         for name in searched:
             row[name] = p.settings.get(name, "default")

@@ -54,4 +54,5 @@ FAILURE_REASONS = {
     "timeout": "the trial ran past its time limit",
     "generation_failed": "the backend failed during generation",
     "truncated": "output much shorter than the baseline's without reaching the token cap",
+    "diverged": "output differs from the baseline's earlier than measure.min_prefix_chars",
 }

@@ -83,7 +83,7 @@ class Preset:
             if r.gain_tok_s_pct is None
             else (
                 f", {r.gain_tok_s_pct[0]:+.1f}% tok/s vs baseline "
-                f"(repeats allow {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
+                f"(95% interval {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
             )
         )
         return (

@@ -35,6 +35,8 @@ class Run:
     stop_reason: str  # "eos", "max_tokens", "context_length", or a backend's own word
     total_s: float
     backend_stats: dict[str, Any] = field(default_factory=dict)
+    #: the generated text (kept for the first measured run only: the divergence check)
+    text: str = ""
 
     @staticmethod
     def from_timestamps(
@@ -44,6 +46,7 @@ class Run:
         stop_reason: str,
         end: float,
         backend_stats: dict[str, Any] | None = None,
+        text: str = "",
     ) -> Run:
         """Build a run from the perf_counter() time of the request and of each output token."""
         n = len(token_times)
@@ -58,6 +61,7 @@ class Run:
             stop_reason=stop_reason,
             total_s=end - start,
             backend_stats=dict(backend_stats or {}),
+            text=text,
         )
 
 
@@ -120,8 +124,9 @@ class WorkloadResult:
             "stop_reasons": sorted({r.stop_reason for r in self.runs}),
             "max_tokens": self.max_tokens,
             "hit_cap": self.hit_cap,
-            "runs": [dataclasses.asdict(r) for r in self.runs],
-            "warmup": [dataclasses.asdict(r) for r in self.warmup],
+            "runs": [_without_text(r) for r in self.runs],
+            "warmup": [_without_text(r) for r in self.warmup],
+            "text": self.runs[0].text,
         }
 
 
@@ -135,6 +140,20 @@ class TrialOutcome:
     gen_s: float
     peak_rss_mb: float | None = None
     gpu_mem_mb: float | None = None
+
+
+def _without_text(run: Run) -> dict[str, Any]:
+    d = dataclasses.asdict(run)
+    del d["text"]
+    return d
+
+
+def divergence(a: str, b: str) -> int:
+    """The index of the first character where two outputs differ (the shorter one's length if
+    one is a prefix of the other). With fixed, greedy sampling, a change here is a change in
+    the numbers the settings produce (K/V quantization, flash attention): a cheap quality hint."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def measure_workloads(

@@ -4,6 +4,8 @@ Rule (default ``completion``): among the trials on the workload's front that mee
 limits, the one with the lowest expected completion time for the workload's reference output,
 TTFT + reference tokens / tok/s (reference tokens: the baseline's median output, else the cap).
 Ties (within 1%) go to the configuration closest to the baseline (fewest settings changed).
+A candidate whose lead over the baseline is within the noise of the repeats (the 95% interval
+of the difference includes zero) is not recommended over the baseline.
 Rule ``weighted``: the highest ``tok_s_weight x tok/s / baseline tok/s -
 ttft_weight x TTFT / baseline TTFT``.
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from sweeper import stats
 from sweeper.results import Point, pareto_front, points
 from sweeper.study import baseline_trial
 
@@ -35,9 +38,10 @@ class Recommendation:
     baseline: Point | None
     reference_tokens: float
     expected_s: float
-    #: tok/s change against the baseline, % : median, and the range its repeats allow
-    gain_tok_s_pct: tuple[float, float, float] | None
-    gain_ttft_pct: tuple[float, float, float] | None
+    #: change against the baseline, %: estimate and 95% interval (bootstrap of the repeats)
+    gain_tok_s_pct: tuple[float, ...] | None
+    gain_ttft_pct: tuple[float, ...] | None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,7 @@ class Recommendation:
             "baseline_trial": self.baseline.trial if self.baseline else None,
             "gain_tok_s_pct": self.gain_tok_s_pct,
             "gain_ttft_pct": self.gain_ttft_pct,
+            "note": self.note,
         }
 
 
@@ -92,30 +97,46 @@ def recommend(
     best_score = min(score(p) for p in front)
     tied = [p for p in front if score(p) - best_score <= abs(best_score) * 0.01 + 1e-12]
     chosen = min(tied, key=lambda p: (changed(p), score(p)))
+    note = None
+    if (
+        base is not None
+        and chosen is not base
+        and not _beats_baseline(chosen, base, reference, rule)
+    ):
+        note = (
+            f"trial {chosen.trial} looked best, but its lead over the baseline is within "
+            "the noise of the repeats: the baseline is kept"
+        )
+        chosen = base
     return Recommendation(
         workload=workload,
         point=chosen,
         baseline=base,
         reference_tokens=reference,
         expected_s=expected_completion_s(chosen, reference),
-        gain_tok_s_pct=_gain(chosen.tok_s, base.tok_s) if base else None,
-        gain_ttft_pct=_gain(chosen.ttft_s, base.ttft_s) if base else None,
+        gain_tok_s_pct=tuple(chosen.delta_tok_s_ci) if chosen.delta_tok_s_ci else None,
+        gain_ttft_pct=tuple(chosen.delta_ttft_ci) if chosen.delta_ttft_ci else None,
+        note=note,
     )
+
+
+def _beats_baseline(p: Point, base: Point, reference: float, rule: Rule) -> bool:
+    """Is ``p`` better than the baseline by more than the noise, on the rule's own terms?"""
+    if rule.kind == "weighted":
+        tok, ttft = p.delta_tok_s_ci, p.delta_ttft_ci
+        return bool((tok and tok[1] > 0) or (ttft and ttft[2] < 0))
+
+    def completion(tok_s: list[float], ttft: list[float]) -> list[float]:
+        return [f + reference / t for t, f in zip(tok_s, ttft, strict=True) if t > 0]
+
+    a = completion(base.runs_tok_s, base.runs_ttft_s)
+    b = completion(p.runs_tok_s, p.runs_ttft_s)
+    if not a or not b:
+        return False
+    return stats.relative_difference(a, b).high < 0
 
 
 def _within(p: Point, rule: Rule) -> bool:
     if rule.ttft_max is not None and p.ttft_s["median"] > rule.ttft_max:
         return False
     return not (rule.tok_s_min is not None and p.tok_s["median"] < rule.tok_s_min)
-
-
-def _gain(new: dict[str, float], old: dict[str, float]) -> tuple[float, float, float]:
-    """Median change and the widest/narrowest change the repeats' min-max ranges allow."""
-    ref = old["median"]
-
-    def pct(v: float) -> float:
-        return round((v - ref) / ref * 100, 2) if ref else 0.0
-
-    low = (new["min"] - old["max"]) / old["max"] * 100 if old["max"] else 0.0
-    high = (new["max"] - old["min"]) / old["min"] * 100 if old["min"] else 0.0
-    return (pct(new["median"]), round(low, 2), round(high, 2))

@@ -54,6 +54,7 @@ class ReportData:
     mismatches: list[dict[str, Any]]
     machines: list[dict[str, Any]]
     counts: dict[str, int]
+    drift: list[dict[str, Any]]
 
 
 def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
@@ -106,7 +107,8 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
         else:
             key = t.state.name.lower()
         counts[key] = counts.get(key, 0) + 1
-    return ReportData(study.study_name, storage, views, mismatches, machines, counts)
+    drift = study.user_attrs.get("drift_events", [])
+    return ReportData(study.study_name, storage, views, mismatches, machines, counts, drift)
 
 
 def feasible_study(study: optuna.Study, config: StudyConfig, workload: str) -> optuna.Study:
@@ -329,8 +331,8 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
                 ""
                 if r.gain_tok_s_pct is None
                 else (
-                    f"; {r.gain_tok_s_pct[0]:+.1f}% tok/s against the baseline (the repeats "
-                    f"allow {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
+                    f"; {r.gain_tok_s_pct[0]:+.1f}% tok/s against the baseline (95% interval "
+                    f"{r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
                 )
             )
             parts.append(
@@ -364,6 +366,28 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
             )
         )
         parts.append("</section>")
+    parts.append(
+        "<h2>Drift</h2>"
+        + (
+            _table(
+                [
+                    {
+                        "baseline re-run": e["check_trial"],
+                        "trials that may be affected": (
+                            f"{e['since_trial'] + 1}-{e['check_trial'] - 1}"
+                        ),
+                        **{
+                            f"{w} tok/s change %": f"{v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}]"
+                            for w, v in e["tok_s_change_pct"].items()
+                        },
+                    }
+                    for e in data.drift
+                ]
+            )
+            if data.drift
+            else "<p>The baseline re-runs stayed within their noise (or none ran yet).</p>"
+        )
+    )
     parts.append("<h2>Applied differs from requested</h2>" + _table(data.mismatches))
     machines = [{"id": fingerprint.short_id(m), **_flat(m)} for m in data.machines]
     parts.append("<h2>Machines</h2>" + _table(machines))

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import fingerprint
+from sweeper import fingerprint, stats
 from sweeper.study import baseline_trial
 
 
@@ -32,6 +32,22 @@ class Point:
     delta_tok_s_pct: float | None = None
     delta_ttft_pct: float | None = None
     machine: str | None = None  # fingerprint.short_id of the machine it ran on
+    #: relative change vs the baseline, % [estimate, low, high] (95% bootstrap of the runs)
+    delta_tok_s_ci: list[float] | None = None
+    delta_ttft_ci: list[float] | None = None
+    output_ratio: float | None = None  # median output / the baseline's
+    divergence: int | None = None  # first character where the output differs from baseline's
+    tag: str | None = None
+    runs_tok_s: list[float] = field(default_factory=list)
+    runs_ttft_s: list[float] = field(default_factory=list)
+
+    @property
+    def beats_noise(self) -> bool:
+        """The tok/s or TTFT change against the baseline is outside the noise (either way)."""
+        return any(
+            ci is not None and (ci[1] > 0 or ci[2] < 0)
+            for ci in (self.delta_tok_s_ci, self.delta_ttft_ci)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -43,13 +59,14 @@ def failure_reason(t: FrozenTrial, workload: str | None = None) -> str | None:
         return t.user_attrs.get("failure_reason") or t.state.name.lower()
     if t.constraints.get("failed", 0.0) > 0:
         return str(t.user_attrs.get("failure_reason", "failed"))
-    keys = (
-        [f"truncated:{workload}"]
-        if workload
-        else [k for k in t.constraints if k.startswith("truncated:")]
-    )
-    if any(t.constraints.get(k, 0.0) > 0 for k in keys):
-        return "truncated"
+    for guard in ("truncated", "diverged"):
+        keys = (
+            [f"{guard}:{workload}"]
+            if workload
+            else [k for k in t.constraints if k.startswith(f"{guard}:")]
+        )
+        if any(t.constraints.get(k, 0.0) > 0 for k in keys):
+            return guard
     return None
 
 
@@ -57,12 +74,19 @@ def points(study: optuna.Study, workload: str) -> list[Point]:
     """Every trial that is feasible for ``workload``, with deltas against the baseline."""
     base = baseline_trial(study)
     ref = base.user_attrs.get(f"w:{workload}") if base else None
+    ref_runs = (
+        ([r["decode_tok_s"] for r in ref["runs"]], [r["ttft_s"] for r in ref["runs"]])
+        if ref
+        else ([], [])
+    )
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         data = t.user_attrs.get(f"w:{workload}")
         if data is None or failure_reason(t, workload):
             continue
         tok, ttft = data["tok_s"], data["ttft_s"]
+        runs_tok = [r["decode_tok_s"] for r in data["runs"]]
+        runs_ttft = [r["ttft_s"] for r in data["runs"]]
         out.append(
             Point(
                 trial=t.number,
@@ -76,6 +100,13 @@ def points(study: optuna.Study, workload: str) -> list[Point]:
                 delta_tok_s_pct=_pct(tok["median"], ref["tok_s"]["median"]) if ref else None,
                 delta_ttft_pct=_pct(ttft["median"], ref["ttft_s"]["median"]) if ref else None,
                 machine=fingerprint.short_id(m) if (m := t.user_attrs.get("machine")) else None,
+                delta_tok_s_ci=_ci(ref_runs[0], runs_tok) if ref else None,
+                delta_ttft_ci=_ci(ref_runs[1], runs_ttft) if ref else None,
+                output_ratio=t.user_attrs.get(f"output_ratio:{workload}"),
+                divergence=data.get("divergence"),
+                tag=t.user_attrs.get("tag"),
+                runs_tok_s=runs_tok,
+                runs_ttft_s=runs_ttft,
             )
         )
     return out
@@ -125,8 +156,15 @@ def status(study: optuna.Study, workloads: list[str]) -> dict[str, Any]:
         "baseline_trial": base.number if base else None,
         "best": best,
         "workers": dict(workers),
+        "drift_events": study.user_attrs.get("drift_events", []),
         "machines": dict(machines),
     }
+
+
+def _ci(ref: list[float], runs: list[float]) -> list[float] | None:
+    if not ref or not runs:
+        return None
+    return [round(v * 100, 2) for v in stats.relative_difference(ref, runs).to_list()]
 
 
 def _pct(value: float, ref: float) -> float | None:

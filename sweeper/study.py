@@ -11,6 +11,7 @@ the sampler learns to avoid them, and a FAIL is reserved for an interrupted tria
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -25,9 +26,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import __version__, fingerprint
+from sweeper import __version__, fingerprint, stats
 from sweeper.errors import StorageError, TrialFailure
-from sweeper.measure import TrialOutcome
+from sweeper.measure import TrialOutcome, divergence
 from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.worker import Progress
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sweeper")
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+#: A baseline re-run this much slower or faster (and outside the noise) is drift.
+DRIFT_MIN = 0.03
 WORST_TOK_S = 0.0
 WORST_TTFT_S = 3600.0
 #: Runs one configuration and returns what was measured, or raises TrialFailure.
@@ -203,6 +206,7 @@ class Sweep:
             # start a trial that other workers' running trials already make unnecessary.
             callbacks=[
                 MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.RUNNING)),
+                self._enqueue_drift_check,
                 *callbacks,
             ],
         )
@@ -227,6 +231,59 @@ class Sweep:
         }
         study.enqueue_trial(params, user_attrs={"tag": "baseline"})
 
+    def _enqueue_drift_check(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Re-run the baseline every so often: if it moved, the machine changed under the
+        sweep (heat, background load, another app on the GPU)."""
+        cfg = self.config
+        if cfg.drift_check_trials is None and cfg.drift_check_s is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        anchors = [t for t in trials if t.user_attrs.get("tag") in ("baseline", "baseline-check")]
+        if not anchors or any(t.state == TrialState.WAITING for t in anchors):
+            return
+        last = anchors[-1]
+        since = [t for t in trials if t.number > last.number and t.state.is_finished()]
+        due_by_count = cfg.drift_check_trials is not None and len(since) >= cfg.drift_check_trials
+        due_by_time = (
+            cfg.drift_check_s is not None
+            and last.datetime_complete is not None
+            and (datetime.datetime.now() - last.datetime_complete).total_seconds()
+            >= cfg.drift_check_s
+        )
+        if due_by_count or due_by_time:
+            study.enqueue_trial(anchors[0].params, user_attrs={"tag": "baseline-check"})
+
+    def _check_drift(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        base = baseline_trial(trial.study)
+        if base is None:
+            return
+        moved = {}
+        for w, result in outcome.workloads.items():
+            ref = [r["decode_tok_s"] for r in base.user_attrs[f"w:{w}"]["runs"]]
+            now = [r.decode_tok_s for r in result.runs]
+            diff = stats.relative_difference(ref, now)
+            if diff.excludes_zero() and abs(diff.estimate) >= DRIFT_MIN:
+                moved[w] = [round(v * 100, 2) for v in diff.to_list()]
+        trial.set_user_attr("drift", moved)
+        if not moved:
+            return
+        checks = [
+            t.number
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.user_attrs.get("tag") in ("baseline", "baseline-check") and t.number < trial.number
+        ]
+        since = max(checks) if checks else 0
+        event = {"check_trial": trial.number, "since_trial": since, "tok_s_change_pct": moved}
+        events = [*trial.study.user_attrs.get("drift_events", []), event]
+        trial.study.set_user_attr("drift_events", events)
+        log.warning(
+            "drift: the baseline re-run (trial %d) moved %s; trials %d-%d may be affected",
+            trial.number,
+            ", ".join(f"{w} {v[0]:+.1f}% tok/s" for w, v in moved.items()),
+            since + 1,
+            trial.number - 1,
+        )
+
     def _enqueue_retries(self, study: optuna.Study) -> None:
         """Trials interrupted by Ctrl-C run again, once, when the sweep resumes."""
         trials = study.get_trials(deepcopy=False)
@@ -244,8 +301,9 @@ class Sweep:
 
     def objective(self, trial: optuna.Trial) -> list[float]:
         cfg = self.config
-        is_baseline = trial.user_attrs.get("tag") == "baseline"
-        if is_baseline and _earlier_baseline(trial):
+        tag = trial.user_attrs.get("tag")
+        is_baseline = tag in ("baseline", "baseline-check")
+        if tag == "baseline" and _earlier_baseline(trial):
             # Two workers starting together may both enqueue the baseline: the second run
             # of it is kept as a repeat measurement, under its own tag.
             trial.set_user_attr("tag", "baseline-repeat")
@@ -275,6 +333,7 @@ class Sweep:
         trial.set_constraint("failed", 1.0)
         for w in self.config.workloads:
             trial.set_constraint(f"truncated:{w.name}", 0.0)
+            trial.set_constraint(f"diverged:{w.name}", 0.0)
         return [WORST_TOK_S, WORST_TTFT_S] * len(self.config.workloads)
 
     def _record(
@@ -297,22 +356,39 @@ class Sweep:
         truncated = []
         trial.set_constraint("failed", 0.0)
         values: list[float] = []
+        diverged = []
         for w in self.config.workloads:
             result = outcome.workloads[w.name]
-            trial.set_user_attr(f"w:{w.name}", result.summary())
+            summary = result.summary()
             ratio = 1.0
+            prefix = None
             if base is not None:
                 ref = base.user_attrs[f"w:{w.name}"]["output_tokens"]["median"]
                 ratio = result.output_tokens.median / ref if ref else 1.0
+                prefix = divergence(base.user_attrs[f"w:{w.name}"].get("text", ""), summary["text"])
+            elif trial.user_attrs.get("tag") == "baseline":
+                prefix = len(summary["text"])  # the reference itself
+            summary["divergence"] = prefix
+            trial.set_user_attr(f"w:{w.name}", summary)
+            need = self.config.min_prefix_chars
+            short = need > 0 and prefix is not None and prefix < need
+            gap = float(need - prefix) if short and prefix is not None else 0.0
+            trial.set_constraint(f"diverged:{w.name}", gap)
+            if short:
+                diverged.append(
+                    f"{w.name} differs from the baseline's output at character {prefix}"
+                )
             violation = 0.0 if result.hit_cap else round(self.config.min_output_ratio - ratio, 4)
             trial.set_constraint(f"truncated:{w.name}", violation)
             trial.set_user_attr(f"output_ratio:{w.name}", round(ratio, 4))
             if violation > 0:
                 truncated.append(f"{w.name} {ratio:.0%} of the baseline's output")
             values += [result.tok_s.median, result.ttft_s.median]
-        if truncated:
-            trial.set_user_attr("failure_reason", "truncated")
-            trial.set_user_attr("failure_detail", "; ".join(truncated))
+        if truncated or diverged:
+            trial.set_user_attr("failure_reason", "truncated" if truncated else "diverged")
+            trial.set_user_attr("failure_detail", "; ".join(truncated + diverged))
+        if trial.user_attrs.get("tag") == "baseline-check":
+            self._check_drift(trial, outcome)
         log.info(
             "trial %d done: %s",
             trial.number,

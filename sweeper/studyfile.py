@@ -31,6 +31,8 @@ class _Measure(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     repeats: int = 3
     warmup: int = 1
     min_output_ratio: float = 0.9
+    drift_check: int | str = "1h"
+    min_prefix_chars: int = 0
 
 
 class _Sampling(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,6 +97,10 @@ class StudyConfig:
     repeats: int
     warmup: int
     min_output_ratio: float
+    #: re-run the baseline every N trials (int) or every so long (seconds); None = never
+    drift_check_trials: int | None
+    drift_check_s: float | None
+    min_prefix_chars: int
     trials: int
     timeout_s: float | None
     trial_timeout_s: float
@@ -164,6 +170,10 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         _positive("budget.memory_limit_mb", doc.budget.memory_limit_mb)
     if doc.measure.warmup < 0:
         raise StudyFileError("measure.warmup: must be 0 or more")
+    if isinstance(doc.measure.drift_check, int) and doc.measure.drift_check < 1:
+        raise StudyFileError('measure.drift_check: a number of trials >= 1, a duration, or "off"')
+    if doc.measure.min_prefix_chars < 0:
+        raise StudyFileError("measure.min_prefix_chars: must be 0 or more")
     if not 0 < doc.measure.min_output_ratio <= 1:
         raise StudyFileError("measure.min_output_ratio: must be in (0, 1]")
     if doc.recommend.rule not in ("completion", "weighted"):
@@ -192,6 +202,11 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         repeats=doc.measure.repeats,
         warmup=doc.measure.warmup,
         min_output_ratio=doc.measure.min_output_ratio,
+        drift_check_trials=drift if isinstance(drift := doc.measure.drift_check, int) else None,
+        drift_check_s=parse_duration(drift, "measure.drift_check")
+        if isinstance(drift, str) and drift != "off"
+        else None,
+        min_prefix_chars=doc.measure.min_prefix_chars,
         trials=doc.budget.trials,
         timeout_s=parse_duration(doc.budget.timeout, "budget.timeout")
         if doc.budget.timeout

@@ -43,6 +43,9 @@ def test_run_then_resume_on_the_real_model(write_study: WriteStudy) -> None:
             assert len(data["runs"]) == 2 and len(data["warmup"]) == 1
             assert data["output_tokens"]["median"] == cap
             assert data["tok_s"]["min"] <= data["tok_s"]["median"] <= data["tok_s"]["max"]
+            assert data["text"]  # the first run's output, for the divergence check
+            if t.number == 0:
+                assert data["divergence"] == len(data["text"])  # the baseline vs itself
         assert t.user_attrs["applied"]["cpu_threads"] == t.user_attrs["settings"]["cpu_threads"]
         assert t.user_attrs["load_s"] > 0
 

@@ -70,7 +70,13 @@ def test_measurements_are_stored_with_spread_and_raw_runs(write_study: WriteStud
     assert short["tok_s"]["median"] == pytest.approx(expected.decode_tok_s)
     assert t.values == pytest.approx([expected.decode_tok_s, expected.ttft_s, *t.values[2:]])
     assert study.metric_names == ["short_tok_s", "short_ttft_s", "long_tok_s", "long_ttft_s"]
-    assert t.constraints == {"failed": 0.0, "truncated:short": 0.0, "truncated:long": 0.0}
+    assert t.constraints == {
+        "failed": 0.0,
+        "truncated:short": 0.0,
+        "truncated:long": 0.0,
+        "diverged:short": 0.0,
+        "diverged:long": 0.0,
+    }
     assert t.user_attrs["applied"]["cpu_threads"] == 1
     assert t.user_attrs["mismatch"] == {}
 
@@ -243,3 +249,62 @@ def test_baseline_trial_helper(write_study: WriteStudy) -> None:
     base = baseline_trial(study)
     assert base is not None and base.number == 0
     assert isinstance(study, optuna.Study)
+
+
+def test_the_baseline_is_rerun_and_drift_is_flagged(write_study: WriteStudy) -> None:
+    path = write_study(**{"warmup = 0": "warmup = 0\ndrift_check = 3"})
+    config = studyfile.load(path)
+    calls = []
+
+    def slows_down(settings: LoadSettings, workload: Workload) -> Run:
+        calls.append(1)
+        run = default_behaviour(settings, workload)
+        factor = 1.0 if len(calls) <= 5 * 4 else 0.8  # after five trials the machine is hot
+        return dataclasses.replace(run, decode_tok_s=run.decode_tok_s * factor)
+
+    sweep, _ = make_sweep(config, FakeBackend("fake", slows_down))
+    study = sweep.open()
+    sweep.run(study, trials=9)
+    tags = [t.user_attrs.get("tag") for t in study.get_trials()]
+    checks = [i for i, tag in enumerate(tags) if tag == "baseline-check"]
+    assert tags[0] == "baseline" and checks  # re-run every 3 trials
+    assert study.get_trials()[checks[0]].user_attrs["settings"] == {
+        "context_length": 4096,
+        "cpu_threads": 1,
+    }
+    assert study.get_trials()[checks[0]].user_attrs["drift"] == {}  # before the slow-down
+    events = study.user_attrs["drift_events"]
+    assert events and events[0]["tok_s_change_pct"]["short"][0] == pytest.approx(-20.0)
+    assert events[0]["since_trial"] == checks[0]
+    status = results.status(study, ["short", "long"])
+    assert status["drift_events"] == events
+
+
+def test_output_divergence_from_the_baseline_is_measured_and_guarded(
+    write_study: WriteStudy,
+) -> None:
+    def text_by_threads(settings: LoadSettings, workload: Workload) -> Run:
+        run = default_behaviour(settings, workload)
+        text = "The same story" if settings.cpu_threads == 1 else "The sane story"
+        return dataclasses.replace(run, text=text)
+
+    path = write_study(
+        **{
+            "warmup = 0": "warmup = 0\nmin_prefix_chars = 10",
+            "cpu_threads = [1, 2, 4]": "cpu_threads = [2]",
+        }
+    )
+    config = studyfile.load(path)
+    sweep, _ = make_sweep(config, FakeBackend("fake", text_by_threads))
+    study = sweep.open()
+    sweep.run(study, trials=2)
+    base, other = study.get_trials()
+    assert base.user_attrs["w:short"]["divergence"] == len("The same story")
+    assert other.user_attrs["w:short"]["divergence"] == 6
+    assert other.user_attrs["failure_reason"] == "diverged"
+    assert other.constraints["diverged:short"] == 4.0
+    assert (
+        "short differs from the baseline's output at character 6"
+        in other.user_attrs["failure_detail"]
+    )
+    assert results.failure_reason(other, "short") == "diverged"

@@ -230,6 +230,7 @@ class LlamaCppBackend:
         llm.set_seed(sampling.seed)
         lc.llama_perf_context_reset(llm.ctx)
         times: list[float] = []
+        out: list[int] = []
         stop = "max_tokens"
         try:
             for token in llm.generate(
@@ -245,6 +246,7 @@ class LlamaCppBackend:
                     stop = "eos"
                     break
                 times.append(time.perf_counter())
+                out.append(token)
                 if len(times) >= workload.max_tokens:
                     break
         except RuntimeError as exc:
@@ -262,7 +264,8 @@ class LlamaCppBackend:
             "engine_output_tokens": engine_tokens if times else 0,
             "engine_decode_tok_s": perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms else 0.0,
         }
-        return Run.from_timestamps(start, times, len(tokens), stop, end, stats)
+        text = llm.detokenize(out).decode("utf-8", errors="replace")
+        return Run.from_timestamps(start, times, len(tokens), stop, end, stats, text)
 
     def _usable_context(self) -> int:
         # llama.cpp pads the context (to 256), but llama-cpp-python sizes its token buffer to

@@ -298,12 +298,21 @@ class LMStudioBackend:
             "repeatPenalty": sampling.repeat_penalty,
         }
         times: list[float] = []
+        text: list[str] = []
+        reasoning = 0
         start = time.perf_counter()
         try:
             stream = self._model.respond_stream(chat, config=config)
             for fragment in stream:
                 now = time.perf_counter()
-                times.extend([now] * max(1, int(fragment.tokens_count or 1)))
+                n = max(1, int(fragment.tokens_count or 1))
+                times.extend([now] * n)
+                # reasoning models (gpt-oss) think first: those tokens count in output and
+                # tok/s like any other, and the split is kept
+                if fragment.reasoning_type not in (None, "none"):
+                    reasoning += n
+                else:
+                    text.append(fragment.content)
             result = stream.result()
         except lms.LMStudioTimeoutError as exc:
             raise GenerationError("timeout", f"LM Studio: {exc}") from exc
@@ -320,6 +329,8 @@ class LMStudioBackend:
             "prompt_tokens_count": s.prompt_tokens_count,
             "stop_reason": s.stop_reason,
             "num_gpu_layers": s.num_gpu_layers,
+            "reasoning_tokens": reasoning,
+            "content_tokens": len(times) - reasoning,
         }
         return Run.from_timestamps(
             start,
@@ -328,6 +339,7 @@ class LMStudioBackend:
             STOP_REASONS.get(s.stop_reason, s.stop_reason),
             end,
             stats,
+            "".join(text),
         )
 
     def unload(self) -> None:

@@ -9,6 +9,7 @@ import sys
 import tomllib
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -117,7 +118,7 @@ def run(
         machine = fingerprint.machine(config.backend, model)
         sweep = Sweep(
             config,
-            lambda s, p: run_in_child(spec, s, config.trial_timeout_s, p),
+            lambda s, p, a: run_in_child(replace(spec, adaptive=a), s, config.trial_timeout_s, p),
             storage,
             machine,
         )
@@ -210,7 +211,7 @@ class _ProgressBar:
         elif kind == "run":
             workload, index, run = args
             assert isinstance(run, Run)
-            label = "warm-up" if index < 0 else f"run {index + 1}/{self.config.repeats}"
+            label = "warm-up" if index < 0 else f"run {index + 1}"
             self.bar.set_description(f"{workload} {label}: {run.decode_tok_s:.1f} tok/s")
 
     def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sweeper import stats
+
 if TYPE_CHECKING:
     from sweeper.backends import Backend
     from sweeper.workloads import Sampling, Workload
@@ -142,6 +144,33 @@ class TrialOutcome:
     gpu_mem_mb: float | None = None
 
 
+@dataclass(frozen=True)
+class Adaptive:
+    """Extra repeats, only where they pay: a trial on, or within noise of, a workload's current
+    front gets more runs until its tok/s median is known to ``target_ci`` (relative half-width
+    of its 95% interval) or ``max_repeats`` is reached; a clearly dominated one stops at the
+    screening repeats."""
+
+    max_repeats: int
+    target_ci: float
+    #: workload -> current front as (tok/s median, TTFT median) pairs
+    fronts: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def more(self, workload: str, runs: Sequence[Run]) -> bool:
+        if len(runs) >= self.max_repeats or len(runs) < 2:
+            return False
+        tok = statistics.median(r.decode_tok_s for r in runs)
+        ttft = statistics.median(r.ttft_s for r in runs)
+        margin = self.target_ci
+        for front_tok, front_ttft in self.fronts.get(workload, []):
+            faster = front_tok > tok * (1 + margin) and front_ttft <= ttft * (1 + margin)
+            sooner = front_ttft < ttft * (1 - margin) and front_tok >= tok * (1 - margin)
+            if faster or sooner:
+                return False  # dominated beyond the noise: precision here changes nothing
+        ci = stats.bootstrap_ci([r.decode_tok_s for r in runs], n_boot=500)
+        return (ci.high - ci.low) / 2 > self.target_ci * tok
+
+
 def _without_text(run: Run) -> dict[str, Any]:
     d = dataclasses.asdict(run)
     del d["text"]
@@ -163,13 +192,16 @@ def measure_workloads(
     repeats: int,
     warmup: int,
     on_run: Callable[[str, int, Run], None] | None = None,
+    adaptive: Adaptive | None = None,
 ) -> dict[str, WorkloadResult]:
-    """Run every workload ``warmup`` times (discarded) then ``repeats`` times on a loaded model."""
+    """Run every workload ``warmup`` times (discarded) then ``repeats`` times on a loaded model,
+    and, with ``adaptive``, more times while the result may matter and is still imprecise."""
     results: dict[str, WorkloadResult] = {}
     for w in workloads:
         warm: list[Run] = []
         runs: list[Run] = []
-        for i in range(warmup + repeats):
+        i = 0
+        while i < warmup + repeats or (adaptive and adaptive.more(w.name, runs)):
             run = backend.generate(w, sampling)
             (warm if i < warmup else runs).append(run)
             log.debug(
@@ -182,6 +214,7 @@ def measure_workloads(
             )
             if on_run is not None:
                 on_run(w.name, i - warmup, run)
+            i += 1
         results[w.name] = WorkloadResult(w.name, w.max_tokens, tuple(runs), tuple(warm))
     return results
 

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import __version__, fingerprint, stats
 from sweeper.errors import StorageError, TrialFailure
-from sweeper.measure import TrialOutcome, divergence
+from sweeper.measure import Adaptive, TrialOutcome, divergence
 from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.worker import Progress
 
@@ -43,7 +43,7 @@ DRIFT_MIN = 0.03
 WORST_TOK_S = 0.0
 WORST_TTFT_S = 3600.0
 #: Runs one configuration and returns what was measured, or raises TrialFailure.
-Runner = Callable[[LoadSettings, Progress | None], TrialOutcome]
+Runner = Callable[[LoadSettings, Progress | None, Adaptive | None], TrialOutcome]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -231,6 +231,21 @@ class Sweep:
         }
         study.enqueue_trial(params, user_attrs={"tag": "baseline"})
 
+    def _adaptive(self, study: optuna.Study) -> Adaptive | None:
+        """Extra repeats for trials near a workload's current front (see measure.Adaptive)."""
+        cfg = self.config
+        if cfg.max_repeats <= cfg.repeats:
+            return None
+        from sweeper.results import pareto_front, points
+
+        fronts = {
+            w.name: [
+                (p.tok_s["median"], p.ttft_s["median"]) for p in pareto_front(points(study, w.name))
+            ]
+            for w in cfg.workloads
+        }
+        return Adaptive(cfg.max_repeats, cfg.target_ci, fronts)
+
     def _enqueue_drift_check(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Re-run the baseline every so often: if it moved, the machine changed under the
         sweep (heat, background load, another app on the GPU)."""
@@ -317,7 +332,7 @@ class Sweep:
         if why:
             return self._infeasible(trial, "invalid_combination", why)
         try:
-            outcome = self.runner(settings, self.progress)
+            outcome = self.runner(settings, self.progress, self._adaptive(trial.study))
         except TrialFailure as exc:
             trial.set_user_attr("wall_s", time.perf_counter() - start)
             return self._infeasible(trial, exc.reason, exc.detail)

@@ -29,6 +29,8 @@ class _Budget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class _Measure(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     repeats: int = 3
+    max_repeats: int | None = None
+    target_ci: float = 0.02
     warmup: int = 1
     min_output_ratio: float = 0.9
     drift_check: int | str = "1h"
@@ -95,6 +97,9 @@ class StudyConfig:
     workloads: tuple[Workload, ...]
     sampling: Sampling
     repeats: int
+    #: adaptive repeats: up to this many for trials near a front (= repeats: off)
+    max_repeats: int
+    target_ci: float
     warmup: int
     min_output_ratio: float
     #: re-run the baseline every N trials (int) or every so long (seconds); None = never
@@ -168,6 +173,10 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
     _positive("measure.repeats", doc.measure.repeats)
     if doc.budget.memory_limit_mb is not None:
         _positive("budget.memory_limit_mb", doc.budget.memory_limit_mb)
+    if doc.measure.max_repeats is not None and doc.measure.max_repeats < doc.measure.repeats:
+        raise StudyFileError("measure.max_repeats: must be at least measure.repeats")
+    if not 0 < doc.measure.target_ci < 1:
+        raise StudyFileError("measure.target_ci: a relative half-width, e.g. 0.02 for 2%")
     if doc.measure.warmup < 0:
         raise StudyFileError("measure.warmup: must be 0 or more")
     if isinstance(doc.measure.drift_check, int) and doc.measure.drift_check < 1:
@@ -200,6 +209,8 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         workloads=workloads,
         sampling=Sampling(**msgspec.structs.asdict(doc.sampling)),
         repeats=doc.measure.repeats,
+        max_repeats=doc.measure.max_repeats or doc.measure.repeats,
+        target_ci=doc.measure.target_ci,
         warmup=doc.measure.warmup,
         min_output_ratio=doc.measure.min_output_ratio,
         drift_check_trials=drift if isinstance(drift := doc.measure.drift_check, int) else None,

@@ -25,7 +25,7 @@ from typing import Any
 
 from sweeper.backends import Backend, backend_class, create_backend
 from sweeper.errors import TrialFailure
-from sweeper.measure import Run, TrialOutcome, measure_workloads, timed
+from sweeper.measure import Adaptive, Run, TrialOutcome, measure_workloads, timed
 from sweeper.memory import gpu_memory_used_mb
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, Workload
@@ -59,6 +59,8 @@ class WorkerSpec:
     #: Address-space cap for the worker (RLIMIT_AS), so a runaway allocation fails fast with
     #: "out of memory" instead of swapping the machine or waking the kernel's OOM killer.
     memory_limit_mb: int | None = None
+    #: extra repeats near the front (None: exactly ``repeats``)
+    adaptive: Adaptive | None = None
 
 
 def measure(
@@ -70,7 +72,7 @@ def measure(
     on_run = (lambda w, i, r: progress("run", w, i, r)) if progress else None
     gen_start = time.perf_counter()
     results = measure_workloads(
-        backend, spec.workloads, spec.sampling, spec.repeats, spec.warmup, on_run
+        backend, spec.workloads, spec.sampling, spec.repeats, spec.warmup, on_run, spec.adaptive
     )
     gen_s = time.perf_counter() - gen_start
     gpu_mb = gpu_memory_used_mb()

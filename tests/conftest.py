@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[object,
     spec = WorkerSpec(
         "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
     )
-    sweep = Sweep(config, lambda s, p: run_in_process(backend, spec, s, p))
+    sweep = Sweep(config, lambda s, p, a: run_in_process(backend, replace(spec, adaptive=a), s, p))
     study = sweep.open()
     sweep.run(study, trials=trials)
     return config, study

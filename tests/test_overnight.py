@@ -183,7 +183,7 @@ def test_results_are_grouped_by_machine_when_mixed(write_study: WriteStudy) -> N
         backend = FakeBackend("fake")
         sweep = Sweep(
             config,
-            lambda s, p, b=backend: run_in_process(b, spec, s, p),
+            lambda s, p, a, b=backend: run_in_process(b, spec, s, p),
             machine={"cpu": cpu, "cores": 2},
         )
         sweep.run(sweep.open(), trials=trials)

@@ -27,7 +27,9 @@ def make_sweep(
     spec = WorkerSpec(
         "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
     )
-    return Sweep(config, lambda s, p: run_in_process(backend, spec, s, p)), backend
+    return Sweep(
+        config, lambda s, p, a: run_in_process(backend, dataclasses.replace(spec, adaptive=a), s, p)
+    ), backend
 
 
 def test_baseline_first_then_resume(write_study: WriteStudy) -> None:
@@ -308,3 +310,34 @@ def test_output_divergence_from_the_baseline_is_measured_and_guarded(
         in other.user_attrs["failure_detail"]
     )
     assert results.failure_reason(other, "short") == "diverged"
+
+
+def test_adaptive_repeats_go_to_trials_near_the_front(write_study: WriteStudy) -> None:
+    import itertools
+
+    jitter = itertools.cycle([0.9, 1.1, 1.0, 0.95, 1.05])
+
+    def noisy(settings: LoadSettings, workload: Workload) -> Run:
+        run = default_behaviour(settings, workload)
+        return dataclasses.replace(run, decode_tok_s=run.decode_tok_s * next(jitter))
+
+    path = write_study(
+        **{
+            "repeats = 2": "repeats = 2\nmax_repeats = 6\ntarget_ci = 0.01",
+            "cpu_threads = [1, 2, 4]": "cpu_threads = [1, 4]",
+            "flash_attention = [false, true]": "flash_attention = [false]",
+            "context_length = [2048, 4096]": "context_length = [4096]",
+        }
+    )
+    config = studyfile.load(path)
+    sweep, _ = make_sweep(config, FakeBackend("fake", noisy))
+    study = sweep.open()
+    study.enqueue_trial({"context_length": 4096, "cpu_threads": 4, "flash_attention": False})
+    study.enqueue_trial({"context_length": 4096, "cpu_threads": 1, "flash_attention": False})
+    sweep.run(study, trials=3)
+    trials = study.get_trials()
+    threads = [t.user_attrs["settings"]["cpu_threads"] for t in trials]
+    runs = [len(t.user_attrs["w:short"]["runs"]) for t in trials]
+    # 4 threads runs first and starts the front, noisy: repeats up to the cap; then 1 thread
+    # (twice, once as the baseline) is dominated beyond the noise: the 2 screening runs only
+    assert (threads, runs) == ([4, 1, 1], [6, 2, 2])

@@ -51,6 +51,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/threads.py
+	$(BIN)/python benchmarks/noise.py
 
 clean:
 	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html

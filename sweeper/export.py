@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.errors import SweeperError
 from sweeper.recommend import Recommendation
 from sweeper.settings import PARAMS, LoadSettings
@@ -29,17 +30,6 @@ SUFFIX = {
     "json": ".sweeper.json",
 }
 LMSTUDIO_DEFAULTS_DIR = Path("~/.lmstudio/.internal/user-concrete-model-default-config")
-#: lmstudio SDK 1.5.0's typed config keys (camelCase) for canonical settings.
-SDK_KEYS = {
-    "context_length": "contextLength",
-    "eval_batch_size": "evalBatchSize",
-    "flash_attention": "flashAttention",
-    "k_cache_type": "llamaKCacheQuantizationType",
-    "v_cache_type": "llamaVCacheQuantizationType",
-    "mmap": "tryMmap",
-    "keep_in_memory": "keepModelInMemory",
-    "offload_kv_cache": "offloadKVCacheToGpu",
-}
 #: llama-server flags (llama.cpp's common/arg.cpp names) for canonical settings.
 LLAMA_SERVER_FLAGS = {
     "context_length": "-c",
@@ -154,22 +144,9 @@ def lms_command(p: Preset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sdk_config(settings: LoadSettings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config for ``load_new_instance``, settings SDK 1.5.0's typed config cannot carry)."""
-    config: dict[str, Any] = {}
-    raw: dict[str, Any] = {}
-    for name, value in settings.to_dict().items():
-        if name == "gpu_offload":
-            config["gpu"] = {"ratio": value}
-        elif name in SDK_KEYS:
-            config[SDK_KEYS[name]] = value
-        else:
-            raw[PARAMS[name].lmstudio] = value
-    return config, raw
-
-
 def sdk_snippet(p: Preset) -> str:
-    config, raw = sdk_config(p.settings)
+    # the lmstudio backend's own translation: what the snippet says is what a sweep sent
+    config, raw = lmstudio_backend.to_config(p.settings, p.n_layers)
     lines = [
         f"# {p.header()}",
         "# client.llm.load_new_instance(MODEL, identifier, config=config, ttl=None)",

@@ -17,6 +17,7 @@ from lmstudio._sdk_models import LlmLoadModelConfig
 from conftest import WriteStudy, run_fake
 from lmstudio_server.server import KNOWN_LOAD_KEYS, collapse, llama_kwargs
 from sweeper import export
+from sweeper.backends.lmstudio import to_config
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
 from sweeper.recommend import recommend
@@ -59,7 +60,7 @@ def test_sdk_dict_is_accepted_by_the_sdk_config_types(preset: export.Preset) -> 
     LlmLoadModelConfig._from_any_dict(config)
     stack = load_config_to_kv_config_stack(config, LlmLoadModelConfig)
     sent = {f.key for layer in stack.layers for f in layer.config.fields}
-    typed, raw = export.sdk_config(preset.settings)
+    typed, raw = to_config(preset.settings, preset.n_layers)
     assert len(sent - {"load.gpuSplitConfig"}) == len(typed)  # nothing silently dropped
     assert set(raw) == {
         "llm.load.llama.physicalBatchSize",

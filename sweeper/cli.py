@@ -206,7 +206,9 @@ class _ProgressBar:
         self.best: dict[str, str] = {}
 
     def on_progress(self, kind: str, *args: Any) -> None:
-        if kind == "loaded":
+        if kind == "loading":
+            self.bar.set_description(f"loading {args[0]:.0%}")
+        elif kind == "loaded":
             self.bar.set_description(f"loaded in {args[0]:.1f}s")
         elif kind == "run":
             workload, index, run = args

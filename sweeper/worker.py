@@ -66,6 +66,8 @@ class WorkerSpec:
 def measure(
     backend: Backend, spec: WorkerSpec, settings: LoadSettings, progress: Progress | None = None
 ) -> TrialOutcome:
+    if progress and hasattr(backend, "on_load_progress"):  # backends that report load progress
+        backend.on_load_progress = lambda fraction: progress("loading", fraction)
     applied, load_s = timed(lambda: backend.load(settings))
     if progress:
         progress("loaded", load_s)
@@ -142,6 +144,9 @@ def _child_main(
 ) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what to do with the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent stops a trial with SIGTERM: unwind, so the backend unloads its model
+    # (LM Studio would otherwise keep it loaded until the next trial cleans up).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _die_with_parent(parent_pid)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
@@ -160,6 +165,10 @@ def _child_main(
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -262,3 +262,36 @@ def test_from_wire_reads_back_canonical_names() -> None:
         "cpu_moe_layers": 12,
         "cpu_threads": 6,
     }
+
+
+def test_the_shipped_quick_study_runs_against_the_server(
+    server: LMStudioTestServer, tmp_path: Path
+) -> None:
+    study = Path(__file__).parent.parent / "studies" / "lmstudio-quick.toml"
+    storage = f"sqlite:///{tmp_path / 'quick.db'}"
+    code, out, err = run_cli(
+        "run", str(study), "--trials", "2", "--host", server.address, "--storage", storage
+    )
+    assert code == 0, err
+    assert out.startswith("ran 2 trials; 2 trials, 2 complete")
+    sent = [fields(load) for load in server.log.loads]
+    assert sent[0] == {
+        "llm.load.contextLength": 4096,
+        "llm.load.llama.flashAttention": False,
+        "llm.load.llama.cpuThreadPoolSize": 4,
+    }
+    assert "loading" in err  # the load's progress is shown
+
+
+def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
+    from sweeper.errors import TrialFailure
+    from sweeper.worker import WorkerSpec, run_in_child
+
+    spec = WorkerSpec(
+        "lmstudio", KEY, (builtin("long", 4000),), Sampling(), 1, 0, (("host", server.address),)
+    )
+    with pytest.raises(TrialFailure) as err:
+        run_in_child(spec, LoadSettings(context_length=8192), timeout_s=4)
+    assert err.value.reason == "timeout"
+    assert server.log.unloads == [server.log.loads[0]["identifier"]]
+    assert not server.instances

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -206,6 +207,8 @@ class LMStudioBackend:
         self._client: lmstudio.Client | None = None
         self._model: Any = None
         self._num_gpu_layers: float | None = None
+        #: called with the load's progress, 0..1 (the worker forwards it to the progress bar)
+        self.on_load_progress: Callable[[float], None] | None = None
 
     @staticmethod
     def preflight(
@@ -253,7 +256,9 @@ class LMStudioBackend:
         identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
         try:
             self._unload_ours(client)
-            self._model = load_with_raw_fields(client, self.model_key, identifier, config, raw)
+            self._model = load_with_raw_fields(
+                client, self.model_key, identifier, config, raw, self.on_load_progress
+            )
             fields = raw_load_config(client, identifier)
             context = self._model.get_context_length()
         except lms.LMStudioModelNotFoundError as exc:

@@ -90,6 +90,10 @@ class Instance:
     llm: llama_cpp.Llama
     context_length: int
     n_gpu_layers: int
+    #: held while a prediction runs; an unload stops it first (closing a model that is
+    #: generating crashes llama.cpp)
+    busy: threading.Lock = field(default_factory=threading.Lock)
+    unloading: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -257,7 +261,9 @@ class LMStudioTestServer:
                 code="generic.noModelMatchingQuery",
             )
         self.log.unloads.append(identifier)
-        inst.llm.close()
+        inst.unloading.set()
+        with inst.busy:
+            inst.llm.close()
 
     def _info(self, m: ServerModel) -> dict[str, Any]:
         return {
@@ -369,6 +375,20 @@ class LMStudioTestServer:
     ) -> None:
         self.log.predictions.append(param)
         inst = self._find({"specifier": param["modelSpecifier"]})
+        with inst.busy:
+            if inst.unloading.is_set():
+                raise LMSError("Model unloaded", code="generic.noModelMatchingQuery")
+            self._generate(inst, ws, param, send, cancel, loop)
+
+    def _generate(
+        self,
+        inst: Instance,
+        ws: ServerConnection,
+        param: dict[str, Any],
+        send: Callable[[dict[str, Any]], None],
+        cancel: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         cfg = collapse(param.get("predictionConfigStack", {}))
         max_tokens = unchecked(cfg.get("llm.prediction.maxPredictedTokens"), 256)
         llm = inst.llm
@@ -394,6 +414,9 @@ class LMStudioTestServer:
         ):
             if cancel.is_set():
                 stop = "userStopped"
+                break
+            if inst.unloading.is_set():
+                stop = "modelUnloaded"
                 break
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 stop = "eosFound"

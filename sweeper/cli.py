@@ -136,6 +136,8 @@ def run(
         )
         return
     file_log = _log_to_file(config.base_dir / f"{config.name}.log")
+    # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     log.info(
         "run %s: target %d trials, storage %s",
         config.name,

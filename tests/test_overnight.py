@@ -190,3 +190,49 @@ def test_results_are_grouped_by_machine_when_mixed(write_study: WriteStudy) -> N
     study = sweep.open()
     assert sorted(results.status(study, ["short"])["machines"].values()) == [2, 2]
     assert len({p.machine for p in results.points(study, "short")}) == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(
+    write_study: WriteStudy, sig: signal.Signals
+) -> None:
+    path = write_study(FAKE_STUDY.replace('model = "fake-model"', 'model = "fake:slow"'))
+    storage = f"sqlite:///{path.parent / 'fake.db'}"
+    proc = subprocess.Popen(
+        [SWEEPER, "run", str(path), "--trials", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="fake", storage=storage).trials
+        except (KeyError, Exception):
+            continue
+        if (
+            any(t.state == TrialState.COMPLETE for t in trials)
+            and trials[-1].state == TrialState.RUNNING
+        ):
+            break
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: interrupted: the running trial was stopped and will run "
+        "again on resume; 1 complete trials are stored in"
+    )
+    assert "Traceback" not in err
+    study = optuna.load_study(study_name="fake", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+
+    resumed = subprocess.run(
+        [SWEEPER, "run", str(path), "--trials", "3"], capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name="fake", storage=storage).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert trials[2].user_attrs["retry_of"] == 1

@@ -70,6 +70,8 @@ class FakeBackend:
             os.kill(os.getpid(), signal.SIGKILL)
         elif self.model == "fake:hang":
             time.sleep(3600)
+        elif self.model == "fake:slow":
+            time.sleep(0.5)
         elif self.model == "fake:bug":
             raise ZeroDivisionError("a bug in a backend")
         self.loads.append(settings)

@@ -295,3 +295,23 @@ def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
     assert err.value.reason == "timeout"
     assert server.log.unloads == [server.log.loads[0]["identifier"]]
     assert not server.instances
+
+
+def test_reasoning_tokens_count_and_are_split(model_path: str) -> None:
+    with (
+        LMStudioTestServer([ServerModel(KEY, model_path)], reasoning_tokens=3) as srv,
+        LMStudioBackend(KEY, host=srv.address) as backend,
+    ):
+        backend.load(LoadSettings(context_length=512))
+        run = backend.generate(builtin("short", 8), Sampling())
+    assert run.output_tokens == 8 == run.backend_stats["predicted_tokens_count"]
+    assert (run.backend_stats["reasoning_tokens"], run.backend_stats["content_tokens"]) == (3, 5)
+
+
+def test_a_sweep_goes_on_when_every_socket_drops(model_path: str, write_study: WriteStudy) -> None:
+    with LMStudioTestServer([ServerModel(KEY, model_path)], drop_after_tokens=2) as srv:
+        path = write_study(STUDY.format(host=srv.address))
+        code, out, err = run_cli("run", str(path), "--trials", "2")
+    assert code == 0, err
+    assert "infeasible: disconnected 2" in out
+    assert len(srv.log.loads) == 2  # the second trial reconnected and loaded again

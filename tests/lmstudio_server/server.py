@@ -109,7 +109,8 @@ class LMStudioTestServer:
     """Start with ``with LMStudioTestServer([...]) as server:``; ``server.address`` is host:port.
 
     Fault injection for tests: ``fail_load(fields) -> LMSError | None`` fails chosen loads;
-    ``drop_after_tokens`` closes the socket mid-generation.
+    ``drop_after_tokens`` closes the socket mid-generation; ``reasoning_tokens`` marks the first
+    N tokens of every answer as reasoning, as gpt-oss's are.
     """
 
     def __init__(
@@ -119,11 +120,13 @@ class LMStudioTestServer:
         port: int = 0,
         fail_load: Callable[[dict[str, Any]], LMSError | None] | None = None,
         drop_after_tokens: int | None = None,
+        reasoning_tokens: int = 0,
     ) -> None:
         self.models = {m.key: m for m in models}
         self.host, self.port = host, port
         self.fail_load = fail_load
         self.drop_after_tokens = drop_after_tokens
+        self.reasoning_tokens = reasoning_tokens
         self.log = ServerLog()
         self.instances: dict[str, Instance] = {}
         self._lock = threading.Lock()
@@ -431,7 +434,9 @@ class LMStudioTestServer:
                         "content": text,
                         "tokensCount": 1,
                         "containsDrafted": False,
-                        "reasoningType": "none",
+                        "reasoningType": "reasoning"
+                        if len(out) <= self.reasoning_tokens
+                        else "none",
                     },
                 }
             )

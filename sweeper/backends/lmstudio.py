@@ -206,7 +206,6 @@ class LMStudioBackend:
         self.n_layers = n_layers
         self._client: lmstudio.Client | None = None
         self._model: Any = None
-        self._num_gpu_layers: float | None = None
         #: called with the load's progress, 0..1 (the worker forwards it to the progress bar)
         self.on_load_progress: Callable[[float], None] | None = None
 

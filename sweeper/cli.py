@@ -16,14 +16,15 @@ from typing import Any, NoReturn
 import click
 import optuna
 import pandas as pd
-from tqdm import tqdm
 
 from sweeper import compare as comparison
 from sweeper import export, fingerprint, results, studyfile
 from sweeper import report as report_mod
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError, TrialFailure
-from sweeper.measure import Run, TrialOutcome
+from sweeper.files import write_atomic
+from sweeper.measure import TrialOutcome
+from sweeper.progress import ProgressBar
 from sweeper.recommend import Recommendation, recommend
 from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.study import Sweep, check_machine, open_study, redact
@@ -144,7 +145,7 @@ def run(
         target,
         redact(storage or config.storage),
     )
-    bar = _ProgressBar(config, total=target - done)
+    bar = ProgressBar(config, total=target - done)
     sweep.progress = bar.on_progress
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -190,47 +191,6 @@ def _log_to_file(path: Path) -> logging.Handler:
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-class _ProgressBar:
-    """A tqdm bar on stderr: trials done, ETA, what the current trial is doing, best so far."""
-
-    def __init__(self, config: StudyConfig, total: int) -> None:
-        self.config = config
-        self.runs_per_workload = config.warmup + config.repeats
-        self.bar = tqdm(
-            total=total,
-            unit="trial",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}",
-        )
-        self.best: dict[str, str] = {}
-
-    def on_progress(self, kind: str, *args: Any) -> None:
-        if kind == "loading":
-            self.bar.set_description(f"loading {args[0]:.0%}")
-        elif kind == "loaded":
-            self.bar.set_description(f"loaded in {args[0]:.1f}s")
-        elif kind == "run":
-            workload, index, run = args
-            assert isinstance(run, Run)
-            label = "warm-up" if index < 0 else f"run {index + 1}"
-            self.bar.set_description(f"{workload} {label}: {run.decode_tok_s:.1f} tok/s")
-
-    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        for w in self.config.workloads:
-            pts = results.points(study, w.name)
-            if pts:
-                p = max(pts, key=lambda p: p.tok_s["median"])
-                self.best[w.name] = f"{p.tok_s['median']:.1f} tok/s (#{p.trial})"
-        reason = results.failure_reason(trial)
-        self.bar.set_description(f"trial {trial.number} " + (reason or "ok"))
-        self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 @cli.command()
@@ -566,18 +526,10 @@ def report(study_file: str, storage: str | None, output: str | None, force: bool
     study = _open(config, storage)
     path = Path(output) if output else config.base_dir / f"{config.name}-report.html"
     try:
-        _write_report(study, config, storage, path, force)
+        report_mod.write_report(study, config, redact(storage or config.storage), path, force)
     except SweeperError as exc:
         _fail(str(exc))
     click.echo(str(path))
-
-
-def _write_report(
-    study: optuna.Study, config: StudyConfig, storage: str | None, path: Path, force: bool
-) -> None:
-    url = redact(storage or config.storage)
-    data = report_mod.report_data(study, config, url)
-    export.write_atomic(path, report_mod.render(data, study, config), force=force)
 
 
 @cli.command("export")
@@ -618,23 +570,24 @@ def export_cmd(
         _fail(f"give --workload NAME ({', '.join(names)}) or --all DIR")
     if workload is not None and workload not in names:
         _fail(f"unknown workload {workload!r}; this study has: {', '.join(names)}")
+    if install and fmt != "lmstudio":
+        _fail("--install goes with --format lmstudio")
     study = _open(config, storage)
     try:
         if all_dir is not None:
-            for path in _export_all(study, config, storage, Path(all_dir), force):
+            url = redact(storage or config.storage)
+            for path in export.export_all(study, config, url, Path(all_dir), force):
                 click.echo(str(path))
             return
         assert workload is not None
-        preset = _preset(study, config, workload)
+        preset = export.preset_for(study, config, workload)
         text = export.RENDER[fmt](preset)
         if output:
-            export.write_atomic(Path(output), text, force=force)
+            write_atomic(Path(output), text, force=force)
             click.echo(output)
         else:
             click.echo(text, nl=False)
         if install:
-            if fmt != "lmstudio":
-                _fail("--install goes with --format lmstudio")
             target, backup = export.install_lmstudio(preset)
             click.echo(
                 f"installed {target}" + (f" (previous one kept as {backup})" if backup else ""),
@@ -648,50 +601,6 @@ def export_cmd(
             )
     except SweeperError as exc:
         _fail(str(exc))
-
-
-def _preset(study: optuna.Study, config: StudyConfig, workload: str) -> export.Preset:
-    w = next(w for w in config.workloads if w.name == workload)
-    rec = recommend(study, workload, w.max_tokens, config.recommend)
-    if rec is None:
-        raise export.ExportError(
-            f"no feasible trial for workload {workload!r} yet; "
-            f"run `sweeper run {config.path}` first"
-        )
-    layers = config.model_layers or next(
-        (
-            t.user_attrs.get("applied", {}).get("llama.cpp", {}).get("n_layers")
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("applied")
-        ),
-        None,
-    )
-    model = config.model if config.backend != "llama.cpp" else _model_path(config)
-    return export.Preset(config.name, model, config.backend, rec, layers)
-
-
-def _model_path(config: StudyConfig) -> str:
-    from sweeper.backends.llamacpp import LlamaCppBackend
-
-    try:
-        return LlamaCppBackend.resolve_model(config.model, config.base_dir)
-    except SweeperError:
-        return config.model
-
-
-def _export_all(
-    study: optuna.Study, config: StudyConfig, storage: str | None, out: Path, force: bool
-) -> list[Path]:
-    written = []
-    for w in config.workloads:
-        preset = _preset(study, config, w.name)
-        for fmt in export.FORMATS:
-            path = out / f"{config.name}-{w.name}{export.SUFFIX[fmt]}"
-            export.write_atomic(path, export.RENDER[fmt](preset), force=force)
-            written.append(path)
-    report_path = out / f"{config.name}-report.html"
-    _write_report(study, config, storage, report_path, force)
-    return [*written, report_path]
 
 
 @cli.command()

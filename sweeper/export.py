@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import pprint
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
+from sweeper import report
 from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.errors import SweeperError
-from sweeper.recommend import Recommendation
+from sweeper.files import write_atomic
+from sweeper.recommend import Recommendation, recommend
 from sweeper.settings import PARAMS, LoadSettings
+from sweeper.studyfile import StudyConfig
 
 FORMATS = ("lmstudio", "model-yaml", "lms", "sdk", "llama-server", "json")
 SUFFIX = {
@@ -213,24 +215,6 @@ RENDER: dict[str, Callable[[Preset], str]] = {
 }
 
 
-def write_atomic(path: Path, text: str, force: bool = False) -> None:
-    """Write ``text`` to ``path`` all at once; refuse to replace a file unless ``force``."""
-    if path.exists() and not force:
-        raise ExportError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; exports are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
     """Write LM Studio's per-model default config, backing up an existing one first."""
     target = lmstudio_install_path(p.model)
@@ -240,3 +224,49 @@ def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
         shutil.copy2(target, backup)
     write_atomic(target, lmstudio_json(p), force=True)
     return target, backup
+
+
+def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Preset:
+    """The recommended settings of ``workload``, ready to render."""
+    w = next(w for w in config.workloads if w.name == workload)
+    rec = recommend(study, workload, w.max_tokens, config.recommend)
+    if rec is None:
+        raise ExportError(
+            f"no feasible trial for workload {workload!r} yet; "
+            f"run `sweeper run {config.path}` first"
+        )
+    layers = config.model_layers or next(
+        (
+            t.user_attrs.get("applied", {}).get("llama.cpp", {}).get("n_layers")
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("applied")
+        ),
+        None,
+    )
+    model = config.model if config.backend != "llama.cpp" else _model_path(config)
+    return Preset(config.name, model, config.backend, rec, layers)
+
+
+def _model_path(config: StudyConfig) -> str:
+    from sweeper.backends.llamacpp import LlamaCppBackend
+
+    try:
+        return LlamaCppBackend.resolve_model(config.model, config.base_dir)
+    except SweeperError:
+        return config.model
+
+
+def export_all(
+    study: optuna.Study, config: StudyConfig, storage: str, out: Path, force: bool
+) -> list[Path]:
+    """Every workload's preset in every format, and the HTML report, into ``out``."""
+    written = []
+    for w in config.workloads:
+        preset = preset_for(study, config, w.name)
+        for fmt in FORMATS:
+            path = out / f"{config.name}-{w.name}{SUFFIX[fmt]}"
+            write_atomic(path, RENDER[fmt](preset), force=force)
+            written.append(path)
+    report_path = out / f"{config.name}-report.html"
+    report.write_report(study, config, storage, report_path, force)
+    return [*written, report_path]

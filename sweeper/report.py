@@ -12,6 +12,7 @@ import html
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +22,7 @@ import plotly.offline
 from optuna.trial import TrialState
 
 from sweeper import fingerprint
+from sweeper.files import write_atomic
 from sweeper.recommend import Recommendation, recommend
 from sweeper.results import Point, failure_reason, pareto_front, points
 from sweeper.studyfile import StudyConfig
@@ -404,3 +406,10 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
 
 def _flat(m: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in m.items()}
+
+
+def write_report(
+    study: optuna.Study, config: StudyConfig, storage: str, path: Path, force: bool = False
+) -> None:
+    """Render the report of ``study`` to ``path`` (``storage``: a redacted URL to show)."""
+    write_atomic(path, render(report_data(study, config, storage), study, config), force=force)

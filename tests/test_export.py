@@ -20,6 +20,7 @@ from sweeper import export
 from sweeper.backends.lmstudio import to_config
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
+from sweeper.files import write_atomic
 from sweeper.recommend import recommend
 from sweeper.settings import LoadSettings
 
@@ -156,10 +157,10 @@ def test_json_has_the_numbers_and_spread(preset: export.Preset) -> None:
 
 def test_atomic_write_refuses_to_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
-    export.write_atomic(path, "one")
+    write_atomic(path, "one")
     with pytest.raises(SweeperError, match="exists; pass --force"):
-        export.write_atomic(path, "two")
-    export.write_atomic(path, "two", force=True)
+        write_atomic(path, "two")
+    write_atomic(path, "two", force=True)
     assert path.read_text() == "two"
     assert list(tmp_path.iterdir()) == [path]  # no temporary files left
 

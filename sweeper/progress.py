@@ -1,0 +1,54 @@
+"""The sweep's progress bar on stderr (tqdm): trials done, ETA, the running trial, best so far."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from sweeper import results
+from sweeper.measure import Run
+from sweeper.studyfile import StudyConfig
+
+
+class ProgressBar:
+    """A tqdm bar on stderr: trials done, ETA, what the current trial is doing, best so far."""
+
+    def __init__(self, config: StudyConfig, total: int) -> None:
+        self.config = config
+        self.runs_per_workload = config.warmup + config.repeats
+        self.bar = tqdm(
+            total=total,
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}",
+        )
+        self.best: dict[str, str] = {}
+
+    def on_progress(self, kind: str, *args: Any) -> None:
+        if kind == "loading":
+            self.bar.set_description(f"loading {args[0]:.0%}")
+        elif kind == "loaded":
+            self.bar.set_description(f"loaded in {args[0]:.1f}s")
+        elif kind == "run":
+            workload, index, run = args
+            assert isinstance(run, Run)
+            label = "warm-up" if index < 0 else f"run {index + 1}"
+            self.bar.set_description(f"{workload} {label}: {run.decode_tok_s:.1f} tok/s")
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        for w in self.config.workloads:
+            pts = results.points(study, w.name)
+            if pts:
+                p = max(pts, key=lambda p: p.tok_s["median"])
+                self.best[w.name] = f"{p.tok_s['median']:.1f} tok/s (#{p.trial})"
+        reason = results.failure_reason(trial)
+        self.bar.set_description(f"trial {trial.number} " + (reason or "ok"))
+        self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -315,6 +315,14 @@ class Sweep:
                 study.enqueue_trial(t.params, user_attrs=attrs)
 
     def objective(self, trial: optuna.Trial) -> list[float]:
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM anywhere in the trial: marked so that the next run retries it
+            trial.set_user_attr("failure_reason", "interrupted")
+            raise
+
+    def _objective(self, trial: optuna.Trial) -> list[float]:
         cfg = self.config
         tag = trial.user_attrs.get("tag")
         is_baseline = tag in ("baseline", "baseline-check")
@@ -336,9 +344,6 @@ class Sweep:
         except TrialFailure as exc:
             trial.set_user_attr("wall_s", time.perf_counter() - start)
             return self._infeasible(trial, exc.reason, exc.detail)
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure_reason", "interrupted")
-            raise
         return self._record(trial, settings, outcome, time.perf_counter() - start)
 
     def _infeasible(self, trial: optuna.Trial, reason: str, detail: str) -> list[float]:

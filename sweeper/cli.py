@@ -25,7 +25,7 @@ from sweeper.errors import SweeperError, TrialFailure
 from sweeper.files import write_atomic
 from sweeper.measure import TrialOutcome
 from sweeper.progress import ProgressBar
-from sweeper.recommend import Recommendation, recommend
+from sweeper.recommend import Recommendation, recommend_from
 from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.study import Sweep, check_machine, open_study, redact
 from sweeper.studyfile import StudyConfig, parse_duration
@@ -436,8 +436,11 @@ def pareto(study_file: str, storage: str | None, workload: str | None, as_json: 
         _fail(f"unknown workload {workload!r}; this study has: {', '.join(names)}")
     study = _open(config, storage)
     chosen = [w for w in config.workloads if workload in (None, w.name)]
-    fronts = {w.name: results.pareto_front(results.points(study, w.name)) for w in chosen}
-    recs = {w.name: recommend(study, w.name, w.max_tokens, config.recommend) for w in chosen}
+    pts = {w.name: results.points(study, w.name) for w in chosen}
+    fronts = {w: results.pareto_front(p) for w, p in pts.items()}
+    recs = {
+        w.name: recommend_from(w.name, pts[w.name], w.max_tokens, config.recommend) for w in chosen
+    }
     if as_json:
         doc = {
             w: {

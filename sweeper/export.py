@@ -95,7 +95,7 @@ def lmstudio_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[s
         elif name == "cpu_moe_layers":
             if not n_layers:
                 continue  # a ratio needs the layer count; listed in the file's notes instead
-            value = round(min(1.0, value / n_layers), 4)
+            value = lmstudio_backend.moe_ratio(value, n_layers)
         out.append({"key": key, "value": value})
     return out
 

@@ -18,7 +18,6 @@ class ProgressBar:
 
     def __init__(self, config: StudyConfig, total: int) -> None:
         self.config = config
-        self.runs_per_workload = config.warmup + config.repeats
         self.bar = tqdm(
             total=total,
             unit="trial",

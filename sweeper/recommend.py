@@ -19,7 +19,6 @@ import optuna
 
 from sweeper import stats
 from sweeper.results import Point, pareto_front, points
-from sweeper.study import baseline_trial
 
 
 @dataclass(frozen=True)
@@ -68,15 +67,20 @@ def expected_completion_s(p: Point, tokens: float) -> float:
 def recommend(
     study: optuna.Study, workload: str, max_tokens: int, rule: Rule | None = None
 ) -> Recommendation | None:
+    return recommend_from(workload, points(study, workload), max_tokens, rule)
+
+
+def recommend_from(
+    workload: str, pts: list[Point], max_tokens: int, rule: Rule | None = None
+) -> Recommendation | None:
+    """The recommendation among ``pts`` (``results.points`` of the workload)."""
     rule = rule or Rule()
-    pts = points(study, workload)
     base = next((p for p in pts if p.baseline), None)
     front = [p for p in pareto_front(pts) if _within(p, rule)]
     if not front:
         return None
-    base_trial = baseline_trial(study)
     reference = base.output_tokens if base else float(max_tokens)
-    base_settings = base_trial.user_attrs.get("settings", {}) if base_trial else {}
+    base_settings = base.settings if base else {}
 
     def changed(p: Point) -> int:
         keys = set(p.settings) | set(base_settings)

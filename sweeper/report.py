@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from sweeper import fingerprint
 from sweeper.files import write_atomic
-from sweeper.recommend import Recommendation, recommend
+from sweeper.recommend import Recommendation, recommend_from
 from sweeper.results import Point, failure_reason, pareto_front, points
 from sweeper.studyfile import StudyConfig
 
@@ -85,8 +85,8 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
                 points=pts,
                 front=pareto_front(pts),
                 infeasible=infeasible,
-                recommendation=recommend(study, w.name, w.max_tokens, config.recommend),
-                importances=_importances(study, config, w.name),
+                recommendation=recommend_from(w.name, pts, w.max_tokens, config.recommend),
+                importances=_importances(study, config, w.name, pts),
             )
         )
     trials = study.get_trials(deepcopy=False)
@@ -113,21 +113,21 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
     return ReportData(study.study_name, storage, views, mismatches, machines, counts, drift)
 
 
-def feasible_study(study: optuna.Study, config: StudyConfig, workload: str) -> optuna.Study:
-    """An in-memory copy with only the trials feasible for ``workload``: placeholder values
-    of failed trials would otherwise dominate importances and history."""
+def feasible_study(study: optuna.Study, pts: list[Point]) -> optuna.Study:
+    """An in-memory copy with only the trials of ``pts`` (those feasible for a workload):
+    placeholder values of failed trials would otherwise dominate importances and history."""
     copy = optuna.create_study(directions=study.directions)
-    keep = {p.trial for p in points(study, workload)}
+    keep = {p.trial for p in pts}
     copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.number in keep])
     return copy
 
 
 def _importances(
-    study: optuna.Study, config: StudyConfig, workload: str
+    study: optuna.Study, config: StudyConfig, workload: str, pts: list[Point]
 ) -> dict[str, dict[str, float]]:
     names = [w.name for w in config.workloads]
     i = names.index(workload) * 2
-    copy = feasible_study(study, config, workload)
+    copy = feasible_study(study, pts)
     out: dict[str, dict[str, float]] = {}
     for label, index, sign in (("tok/s", i, -1.0), ("TTFT", i + 1, 1.0)):
 
@@ -346,7 +346,7 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
         imp = _importance_figure(view)
         if imp is not None:
             parts.append(_figure_html(imp))
-        copy = feasible_study(study, config, view.workload)
+        copy = feasible_study(study, view.points)
         if copy.trials:
             k = names.index(view.workload) * 2
 

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import fingerprint, stats
-from sweeper.study import baseline_trial
+from sweeper.study import GUARDS, baseline_trial
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def failure_reason(t: FrozenTrial, workload: str | None = None) -> str | None:
         return t.user_attrs.get("failure_reason") or t.state.name.lower()
     if t.constraints.get("failed", 0.0) > 0:
         return str(t.user_attrs.get("failure_reason", "failed"))
-    for guard in ("truncated", "diverged"):
+    for guard in GUARDS:
         keys = (
             [f"{guard}:{workload}"]
             if workload

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sweeper")
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+#: Per-workload output guards, each a constraint "<guard>:<workload>" on every trial.
+GUARDS = ("truncated", "diverged")
 #: A baseline re-run this much slower or faster (and outside the noise) is drift.
 DRIFT_MIN = 0.03
 WORST_TOK_S = 0.0
@@ -352,8 +354,8 @@ class Sweep:
         trial.set_user_attr("failure_detail", detail[:2000])
         trial.set_constraint("failed", 1.0)
         for w in self.config.workloads:
-            trial.set_constraint(f"truncated:{w.name}", 0.0)
-            trial.set_constraint(f"diverged:{w.name}", 0.0)
+            for guard in GUARDS:
+                trial.set_constraint(f"{guard}:{w.name}", 0.0)
         return [WORST_TOK_S, WORST_TTFT_S] * len(self.config.workloads)
 
     def _record(

@@ -296,6 +296,5 @@ def _readable(message: str) -> str:
     m = re.match(r"(.*) - at `\$\.?(.*)`$", message)
     if m:
         what, where = m.groups()
-        where = re.sub(r"\[(\d+)\]", r"[\1]", where)
         return f"{where}: {what[0].lower()}{what[1:]}" if where else what
     return message[0].lower() + message[1:]

@@ -85,6 +85,11 @@ def find_host(host: str | None) -> str:
     raise _unreachable(None)
 
 
+def moe_ratio(cpu_moe_layers: int, n_layers: int) -> float:
+    """sweeper's layer count as LM Studio's numCpuExpertLayersRatio."""
+    return round(min(1.0, cpu_moe_layers / n_layers), 4)
+
+
 def to_config(
     settings: LoadSettings, n_layers: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,7 +112,7 @@ def to_config(
                     "cpu_moe_layers needs the model's layer count; "
                     "set model_layers in the study file",
                 )
-            raw[RAW_KEYS[name]] = round(min(1.0, value / n_layers), 4)
+            raw[RAW_KEYS[name]] = moe_ratio(value, n_layers)
         elif name in RAW_KEYS:
             raw[RAW_KEYS[name]] = value
         else:

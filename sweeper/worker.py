@@ -40,6 +40,9 @@ _OOM_PATTERNS = re.compile(
 )
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class WorkerError(RuntimeError):
     """The worker hit an unexpected exception: a bug in sweeper or a backend, not a trial result.
     The message is the worker's traceback."""
@@ -106,10 +109,17 @@ def run_in_child(
     proc = ctx.Process(
         target=_child_main, args=(child, spec, settings, log_path, os.getpid()), daemon=True
     )
-    proc.start()
-    child.close()
-    deadline = time.monotonic() + timeout_s
+    # Ctrl-C or SIGTERM while the worker is starting would break its start-up half-way (a
+    # traceback from the child's bootstrap): hold them until it has started. The child
+    # inherits the mask and releases it once its own handlers are in place.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
+        try:
+            proc.start()
+        finally:
+            child.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -147,6 +157,7 @@ def _child_main(
     # The parent stops a trial with SIGTERM: unwind, so the backend unloads its model
     # (LM Studio would otherwise keep it loaded until the next trial cleans up).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent
     _die_with_parent(parent_pid)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
@@ -227,6 +238,8 @@ def _read(path: str) -> str:
 
 
 def _reap(proc: multiprocessing.process.BaseProcess) -> None:
+    if proc.pid is None:  # never started
+        return
     if proc.is_alive():
         proc.terminate()
         proc.join(3)

@@ -215,7 +215,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     default=5,
     show_default=True,
     type=click.IntRange(min=2),
-    help="Rounds: each loads every configuration once, interleaved A B A B ...",
+    help="Rounds: each loads every configuration once; the order rotates (A B, B A, ...).",
 )
 @click.option(
     "--min-effect",
@@ -223,6 +223,14 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     show_default=True,
     type=float,
     help="Smallest relative difference called faster/slower (0 = any the interval allows).",
+)
+@click.option(
+    "--level",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(min=0.5, max=1, max_open=True),
+    help="Confidence level of the intervals. Where nothing differs, each row still gets a "
+    "verdict in about 1 - LEVEL of comparisons: raise it to compare many rows.",
 )
 @click.option("--host", metavar="HOST:PORT", help="Backend server (LM Studio).")
 @storage_option
@@ -233,6 +241,7 @@ def compare(
     trial_numbers: tuple[int, ...],
     repeats: int,
     min_effect: float,
+    level: float,
     host: str | None,
     storage: str | None,
     as_json: bool,
@@ -283,17 +292,18 @@ def compare(
         _fail(f"a configuration could not be measured: {exc.reason}: {exc.detail}")
     except KeyboardInterrupt:
         _fail("interrupted: nothing of a comparison is stored; run it again")
-    rows = comparison.analyse(measured, min_effect)
+    rows = comparison.analyse(measured, min_effect, level)
     if as_json:
         doc = {
             "rounds": repeats,
             "min_effect": min_effect,
+            "level": level,
             "configs": [{"label": m.label, "settings": m.settings} for m in measured],
             "rows": [r.to_dict() for r in rows],
         }
         click.echo(json.dumps(doc, indent=2))
         return
-    _print_comparison(rows, measured, repeats)
+    _print_comparison(rows, measured, repeats, level)
 
 
 def _config_file(path: Path, config: StudyConfig) -> comparison.Config:
@@ -325,7 +335,10 @@ def _trial_config(study: optuna.Study, number: int) -> comparison.Config:
 
 
 def _print_comparison(
-    rows: list[comparison.Row], measured: list[comparison.ConfigResult], repeats: int
+    rows: list[comparison.Row],
+    measured: list[comparison.ConfigResult],
+    repeats: int,
+    level: float,
 ) -> None:
     fmt = {"tok_s": "{:.2f}", "output_tokens": "{:.0f}", "ttft_s": "{:.3f}"}
     first = measured[0].label
@@ -334,7 +347,7 @@ def _print_comparison(
         if i:
             click.echo()
         click.echo(
-            f"{w}: median [95% interval] of {repeats} interleaved rounds; "
+            f"{w}: median [{level * 100:g}% interval] of {repeats} interleaved rounds; "
             f"differences vs {first}, paired by round"
         )
         table = []

@@ -1,11 +1,12 @@
-"""A/B comparison done properly: configurations interleaved round by round (A B A B ...),
-each round a fresh load, and a verdict only where the interval of the difference says so.
+"""A/B comparison done properly: configurations interleaved round by round, each round a
+fresh load, and a verdict only where the interval of the difference says so.
 
 The article compared one run of "Before" with one run of "After". Here every round loads each
-configuration in turn and runs every workload (after warm-up); the per-round medians of B are
-paired with A's from the same round, which cancels slow drift, and the relative difference
-gets a 95% interval. "faster"/"slower" is said only when the interval excludes zero and the
-difference is at least ``min_effect``.
+configuration in turn and runs every workload (after warm-up); the order rotates from round to
+round (A B, B A, A B, ...), so no configuration always runs first, on a colder or a warmer
+machine. The per-round medians of B are paired with A's from the same round, which cancels
+slow drift, and the relative difference gets an interval (95% by default). "faster"/"slower"
+is said only when the interval excludes zero and the difference is at least ``min_effect``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from sweeper.measure import TrialOutcome
 from sweeper.settings import LoadSettings
-from sweeper.stats import Interval, bootstrap_ci, paired_difference, verdict
+from sweeper.stats import LEVEL, Interval, bootstrap_ci, paired_difference, verdict
 
 #: metric -> (label, higher is better)
 METRICS = {
@@ -75,7 +76,8 @@ def run_rounds(
 ) -> list[ConfigResult]:
     results = [ConfigResult(c.label, c.settings.to_dict()) for c in configs]
     for r in range(rounds):
-        for config, result in zip(configs, results, strict=True):
+        for i in round_order(len(configs), r):
+            config, result = configs[i], results[i]
             if on_round:
                 on_round(r, config.label)
             outcome = runner(config.settings)
@@ -94,16 +96,28 @@ def run_rounds(
     return results
 
 
-def analyse(results: Sequence[ConfigResult], min_effect: float = 0.01) -> list[Row]:
+def round_order(n: int, r: int) -> list[int]:
+    """Round r runs the configurations rotated by r: each takes every position equally often
+    over n rounds (a cyclic Latin square), so a position effect (the first load of a round on a
+    cooler CPU, a GPU still clocked up from the previous one) does not favour one of them."""
+    start = r % n
+    return [*range(start, n), *range(start)]
+
+
+def analyse(
+    results: Sequence[ConfigResult], min_effect: float = 0.01, level: float = LEVEL
+) -> list[Row]:
     rows = []
     first = results[0]
     for w in first.runs:
         for result in results:
             for metric, (_, higher_is_better) in METRICS.items():
-                median = bootstrap_ci(result.runs[w][metric])
+                median = bootstrap_ci(result.runs[w][metric], level=level)
                 diff = verdict_text = None
                 if result is not first:
-                    diff = paired_difference(first.rounds[w][metric], result.rounds[w][metric])
+                    diff = paired_difference(
+                        first.rounds[w][metric], result.rounds[w][metric], level
+                    )
                     verdict_text = _words(verdict(diff, higher_is_better, min_effect), metric)
                 rows.append(Row(w, result.label, metric, median, diff, verdict_text))
     return rows

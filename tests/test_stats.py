@@ -50,6 +50,20 @@ def test_identical_configs_give_no_verdict_at_the_nominal_rate() -> None:
     assert 0.02 <= false / sims <= 0.09  # 5% nominal
 
 
+def test_a_higher_level_makes_chance_verdicts_rare() -> None:
+    rng = np.random.default_rng(4)
+    false = {0.95: 0, 0.999: 0}
+    sims = 2000
+    for _ in range(sims):
+        a = rng.normal(40.0, 0.5, size=4)
+        b = rng.normal(40.0, 0.5, size=4)
+        for level in false:
+            diff = paired_difference(a, b, level)
+            false[level] += verdict(diff, True) != "no detectable difference"
+    assert 0.035 <= false[0.95] / sims <= 0.065
+    assert false[0.999] / sims <= 0.004
+
+
 def test_min_effect_is_a_floor() -> None:
     assert verdict(Interval(0.005, 0.001, 0.009), True) == "faster"
     assert (

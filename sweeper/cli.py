@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 
 from sweeper import compare as comparison
-from sweeper import export, fingerprint, results, studyfile
+from sweeper import export, fingerprint, results, stats, studyfile
 from sweeper import report as report_mod
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError, TrialFailure
@@ -226,7 +226,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 )
 @click.option(
     "--level",
-    default=0.95,
+    default=stats.LEVEL,
     show_default=True,
     type=click.FloatRange(min=0.5, max=1, max_open=True),
     help="Confidence level of the intervals. Where nothing differs, each row still gets a "

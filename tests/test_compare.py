@@ -82,6 +82,19 @@ def outcome(tok_s: float) -> TrialOutcome:
     return TrialOutcome({}, 0.1, {"w": WorkloadResult("w", 10, (run,))}, 1.0)
 
 
+def measured(tok_s: dict[str, list[float]]) -> list[compare.ConfigResult]:
+    """compare.run_rounds over configurations whose tok/s in each round is given, in order."""
+    configs = [
+        compare.Config(label, LoadSettings(cpu_threads=i + 1)) for i, label in enumerate(tok_s)
+    ]
+    queues = {c.settings: list(values) for c, values in zip(configs, tok_s.values(), strict=True)}
+
+    def runner(settings: LoadSettings) -> TrialOutcome:
+        return outcome(queues[settings].pop(0))
+
+    return compare.run_rounds(configs, ["w"], len(next(iter(tok_s.values()))), runner)
+
+
 def test_the_order_rotates_so_running_first_favours_no_configuration() -> None:
     """The first load of every round is 10% slower (a position effect, as on a machine that
     warms up within a round). A B, A B, ... would pin that on A; A B, B A, ... cancels it."""
@@ -111,14 +124,7 @@ def test_the_order_rotates_so_running_first_favours_no_configuration() -> None:
 
 
 def test_a_higher_level_widens_the_intervals() -> None:
-    results = [compare.ConfigResult("A", {}), compare.ConfigResult("B", {})]
-    for result, speeds in zip(results, ([40.0, 41.0, 39.5], [42.0, 42.4, 41.0]), strict=True):
-        for s in speeds:
-            result.runs.setdefault("w", {}).setdefault("tok_s", []).append(s)
-            result.rounds.setdefault("w", {}).setdefault("tok_s", []).append(s)
-            for metric in ("ttft_s", "output_tokens"):
-                result.runs["w"].setdefault(metric, []).append(1.0)
-                result.rounds["w"].setdefault(metric, []).append(1.0)
+    results = measured({"A": [40.0, 41.0, 39.5], "B": [42.0, 42.4, 41.0]})
     at = {
         level: next(r for r in compare.analyse(results, 0.01, level) if r.label == "B")
         for level in (0.95, 0.999)
@@ -146,17 +152,10 @@ def test_two_threads_are_faster_than_one_on_two_cores(
     assert len(doc["rows"]) == 6  # 2 configs x 3 metrics, one workload
 
 
-def test_the_table_has_the_articles_shape(write_study: WriteStudy, tmp_path: Path) -> None:
-    results = [compare.ConfigResult("Before", {}), compare.ConfigResult("After", {})]
-    for result, speed in zip(results, (10.0, 8.0), strict=True):
-        for r in range(4):
-            for metric, value in (
-                ("tok_s", speed + r * 0.01),
-                ("ttft_s", 1.0 / speed),
-                ("output_tokens", 100.0),
-            ):
-                result.runs.setdefault("long", {}).setdefault(metric, []).append(value)
-                result.rounds.setdefault("long", {}).setdefault(metric, []).append(value)
+def test_the_table_has_the_articles_shape() -> None:
+    results = measured(
+        {"Before": [10.0 + r * 0.01 for r in range(4)], "After": [8.0 + r * 0.01 for r in range(4)]}
+    )
     rows = compare.analyse(results)
     after = {r.metric: r for r in rows if r.label == "After"}
     assert after["tok_s"].verdict == "slower"

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from sweeper.backends.llamacpp import LlamaCppBackend
+from sweeper.runner import WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
 from sweeper.stats import paired_difference, verdict
-from sweeper.worker import WorkerSpec, run_in_child
 from sweeper.workloads import Sampling, builtin
 
 ROUNDS = int(os.environ.get("NOISE_ROUNDS", "30"))

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sweeper.backends.llamacpp import LlamaCppBackend
+from sweeper.runner import WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
-from sweeper.worker import WorkerSpec, run_in_child
 from sweeper.workloads import Sampling, builtin
 
 OUT = Path(__file__).parent / "results" / "threads.json"

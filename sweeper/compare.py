@@ -12,12 +12,16 @@ is said only when the interval excludes zero and the difference is at least ``mi
 from __future__ import annotations
 
 import statistics
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sweeper.measure import TrialOutcome
-from sweeper.settings import LoadSettings
+from sweeper.errors import StudyFileError
+from sweeper.measurement import TrialOutcome
+from sweeper.records import TrialRecord
+from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.stats import LEVEL, Interval, bootstrap_ci, paired_difference, verdict
 
 #: metric -> (label, higher is better)
@@ -35,6 +39,44 @@ OnRound = Callable[[int, str], None]
 class Config:
     label: str
     settings: LoadSettings
+
+
+def config_file(path: Path, supported: frozenset[str], backend: str) -> Config:
+    """A configuration from a TOML file of load settings, labelled with the file's name."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StudyFileError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+    settings = LoadSettings.from_dict(data, str(path))
+    why = invalid_combination(settings)
+    if why:
+        raise StudyFileError(f"{path}: {why}")
+    unsupported = set(settings.to_dict()) - supported
+    if unsupported:
+        raise StudyFileError(
+            f"{path}: the {backend} backend cannot apply {', '.join(sorted(unsupported))}"
+        )
+    return Config(path.stem, settings)
+
+
+def distinct(configs: Sequence[Config]) -> list[Config]:
+    """The same file twice (an A/A check) gets two names."""
+    labels = [c.label for c in configs]
+    return [
+        Config(f"{c.label} ({labels[:i].count(c.label) + 1})", c.settings)
+        if labels.count(c.label) > 1
+        else c
+        for i, c in enumerate(configs)
+    ]
+
+
+def trial_config(recs: Sequence[TrialRecord], number: int, study: str) -> Config:
+    """The configuration a trial of the study measured, labelled "trial N"."""
+    if not 0 <= number < len(recs) or not recs[number].settings:
+        raise StudyFileError(f"no measured trial {number} in study {study!r}")
+    return Config(f"trial {number}", LoadSettings(**recs[number].settings))
 
 
 @dataclass

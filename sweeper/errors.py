@@ -1,10 +1,53 @@
-"""One exception tree for everything sweeper raises on purpose.
+"""One exception tree for everything sweeper raises on purpose, and the named failure reasons.
 
 Library code raises these; only ``cli.py`` turns them into a one-line message and exit code 2.
-Backend SDK exceptions are converted at the backend boundary (``raise ... from exc``).
+Backend SDK exceptions are converted at each backend's boundary (``raise ... from exc``).
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class FailureReason(enum.StrEnum):
+    """Why a trial is infeasible, stored on the trial as ``failure_reason`` (its value)."""
+
+    INVALID_COMBINATION = "invalid_combination"
+    UNSUPPORTED = "unsupported"
+    OOM = "oom"
+    LOAD_FAILED = "load_failed"
+    CONTEXT_TOO_SMALL = "context_too_small"
+    CRASHED = "crashed"
+    DISCONNECTED = "disconnected"
+    TIMEOUT = "timeout"
+    GENERATION_FAILED = "generation_failed"
+    TRUNCATED = "truncated"
+    DIVERGED = "diverged"
+    #: Ctrl-C or SIGTERM stopped the trial (a FAIL trial, run again on resume)
+    INTERRUPTED = "interrupted"
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    FailureReason.INVALID_COMBINATION: "settings that cannot load together; rejected before "
+    "loading",
+    FailureReason.UNSUPPORTED: "a setting this backend cannot apply",
+    FailureReason.OOM: "out of memory while loading or generating",
+    FailureReason.LOAD_FAILED: "the backend refused or failed to load the model",
+    FailureReason.CONTEXT_TOO_SMALL: "prompt plus max tokens do not fit the context length",
+    FailureReason.CRASHED: "the backend process died",
+    FailureReason.DISCONNECTED: "the connection to the backend's server dropped",
+    FailureReason.TIMEOUT: "the trial ran past its time limit",
+    FailureReason.GENERATION_FAILED: "the backend failed during generation",
+    FailureReason.TRUNCATED: "output much shorter than the baseline's without reaching the "
+    "token cap",
+    FailureReason.DIVERGED: "output differs from the baseline's earlier than "
+    "measure.min_prefix_chars",
+    FailureReason.INTERRUPTED: "stopped by Ctrl-C or SIGTERM; it runs again on resume",
+}
 
 
 class SweeperError(Exception):
@@ -24,11 +67,13 @@ class BackendUnavailable(SweeperError):
 
 
 class TrialFailure(SweeperError):
-    """A trial could not be measured; ``reason`` is one of ``FAILURE_REASONS``."""
+    """A trial could not be measured, for a named reason."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        if reason not in FAILURE_REASONS:
-            raise ValueError(f"unknown failure reason {reason!r}")
+    def __init__(self, reason: FailureReason | str, detail: str) -> None:
+        try:
+            reason = FailureReason(reason)
+        except ValueError:
+            raise ValueError(f"unknown failure reason {reason!r}") from None
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -40,19 +85,3 @@ class LoadError(TrialFailure):
 
 class GenerationError(TrialFailure):
     """The model loaded but a generation failed."""
-
-
-#: Named reasons a trial can be infeasible, stored on the trial as ``failure_reason``.
-FAILURE_REASONS = {
-    "invalid_combination": "settings that cannot load together; rejected before loading",
-    "unsupported": "a setting this backend cannot apply",
-    "oom": "out of memory while loading or generating",
-    "load_failed": "the backend refused or failed to load the model",
-    "context_too_small": "prompt plus max tokens do not fit the context length",
-    "crashed": "the backend process died",
-    "disconnected": "the connection to the backend's server dropped",
-    "timeout": "the trial ran past its time limit",
-    "generation_failed": "the backend failed during generation",
-    "truncated": "output much shorter than the baseline's without reaching the token cap",
-    "diverged": "output differs from the baseline's earlier than measure.min_prefix_chars",
-}

@@ -9,18 +9,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import yaml
 
-from sweeper import report
+from sweeper import records, report
 from sweeper.backends import lmstudio as lmstudio_backend
+from sweeper.config import StudyConfig
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
-from sweeper.recommend import Recommendation, recommend
+from sweeper.recommend import Recommendation, per_workload
 from sweeper.settings import PARAMS, LoadSettings
-from sweeper.studyfile import StudyConfig
 
 FORMATS = ("lmstudio", "model-yaml", "lms", "sdk", "llama-server", "json")
 SUFFIX = {
@@ -32,18 +31,6 @@ SUFFIX = {
     "json": ".sweeper.json",
 }
 LMSTUDIO_DEFAULTS_DIR = Path("~/.lmstudio/.internal/user-concrete-model-default-config")
-#: llama-server flags (llama.cpp's common/arg.cpp names) for canonical settings.
-LLAMA_SERVER_FLAGS = {
-    "context_length": "-c",
-    "eval_batch_size": "-b",
-    "physical_batch_size": "-ub",
-    "cpu_threads": "-t",
-    "flash_attention": "-fa",
-    "k_cache_type": "-ctk",
-    "v_cache_type": "-ctv",
-    "cpu_moe_layers": "--n-cpu-moe",
-    "gpu_offload": "-ngl",
-}
 
 
 class ExportError(SweeperError):
@@ -70,41 +57,19 @@ class Preset:
 
     def header(self) -> str:
         r = self.recommendation
-        gain = (
-            ""
-            if r.gain_tok_s_pct is None
-            else (
-                f", {r.gain_tok_s_pct[0]:+.1f}% tok/s vs baseline "
-                f"(95% interval {r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
-            )
-        )
+        gain = f", {r.gain_text()}" if r.gain_tok_s_pct else ""
         return (
             f"sweeper: study {self.study}, workload {self.workload}, trial {r.point.trial}: "
-            f"{r.point.tok_s['median']:.2f} tok/s, TTFT {r.point.ttft_s['median']:.3f} s"
+            f"{r.point.tok_s.median:.2f} tok/s, TTFT {r.point.ttft_s.median:.3f} s"
             f"{gain}"
         )
-
-
-def lmstudio_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str, Any]]:
-    """Canonical settings as LM Studio's ``load.fields`` (wire keys and encodings)."""
-    out = []
-    for name, value in settings.to_dict().items():
-        key = PARAMS[name].lmstudio
-        if name in ("k_cache_type", "v_cache_type"):
-            value = {"checked": True, "value": value}
-        elif name == "cpu_moe_layers":
-            if not n_layers:
-                continue  # a ratio needs the layer count; listed in the file's notes instead
-            value = lmstudio_backend.moe_ratio(value, n_layers)
-        out.append({"key": key, "value": value})
-    return out
 
 
 def lmstudio_json(p: Preset) -> str:
     doc = {
         "preset": "",
         "operation": {"fields": []},
-        "load": {"fields": lmstudio_fields(p.settings, p.n_layers)},
+        "load": {"fields": lmstudio_backend.preset_fields(p.settings, p.n_layers)},
     }
     return json.dumps(doc, indent=2) + "\n"
 
@@ -118,7 +83,7 @@ def model_yaml(p: Preset) -> str:
     doc = {
         "model": f"sweeper/{p.model.split('/')[-1]}-{p.workload}",
         "base": p.model,
-        "config": {"load": {"fields": lmstudio_fields(p.settings, p.n_layers)}},
+        "config": {"load": {"fields": lmstudio_backend.preset_fields(p.settings, p.n_layers)}},
     }
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     return f"# {p.header()}\n{text}"
@@ -185,7 +150,7 @@ def llama_server_args(settings: LoadSettings, model: str, n_layers: int | None) 
         elif name == "offload_kv_cache":
             args += [] if value else ["-nkvo"]
         else:
-            args += [LLAMA_SERVER_FLAGS[name], str(value)]
+            args += [PARAMS[name].llama_server, str(value)]
     return args
 
 
@@ -228,21 +193,14 @@ def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
 
 def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Preset:
     """The recommended settings of ``workload``, ready to render."""
-    w = next(w for w in config.workloads if w.name == workload)
-    rec = recommend(study, workload, w.max_tokens, config.recommend)
+    recs = records.load(study)
+    rec = per_workload(recs, config, workload)[workload].recommendation
     if rec is None:
         raise ExportError(
             f"no feasible trial for workload {workload!r} yet; "
             f"run `sweeper run {config.path}` first"
         )
-    layers = config.model_layers or next(
-        (
-            t.user_attrs.get("applied", {}).get("llama.cpp", {}).get("n_layers")
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("applied")
-        ),
-        None,
-    )
+    layers = config.model_layers or next((r.model_layers for r in recs if r.model_layers), None)
     model = config.model if config.backend != "llama.cpp" else _model_path(config)
     return Preset(config.name, model, config.backend, rec, layers)
 

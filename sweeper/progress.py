@@ -8,9 +8,10 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from sweeper import results
-from sweeper.measure import Run
-from sweeper.studyfile import StudyConfig
+from sweeper import records
+from sweeper.config import StudyConfig
+from sweeper.fronts import points
+from sweeper.measurement import Run
 
 
 class ProgressBar:
@@ -39,12 +40,13 @@ class ProgressBar:
             self.bar.set_description(f"{workload} {label}: {run.decode_tok_s:.1f} tok/s")
 
     def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        recs = records.load(study)
         for w in self.config.workloads:
-            pts = results.points(study, w.name)
+            pts = points(recs, w.name)
             if pts:
-                p = max(pts, key=lambda p: p.tok_s["median"])
-                self.best[w.name] = f"{p.tok_s['median']:.1f} tok/s (#{p.trial})"
-        reason = results.failure_reason(trial)
+                p = max(pts, key=lambda p: p.tok_s.median)
+                self.best[w.name] = f"{p.tok_s.median:.1f} tok/s (#{p.trial})"
+        reason = records.read(trial).infeasible_reason()
         self.bar.set_description(f"trial {trial.number} " + (reason or "ok"))
         self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
         self.bar.update(1)

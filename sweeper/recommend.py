@@ -12,22 +12,14 @@ ttft_weight x TTFT / baseline TTFT``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import optuna
-
 from sweeper import stats
-from sweeper.results import Point, pareto_front, points
-
-
-@dataclass(frozen=True)
-class Rule:
-    kind: str = "completion"  # or "weighted"
-    ttft_max: float | None = None
-    tok_s_min: float | None = None
-    tok_s_weight: float = 1.0
-    ttft_weight: float = 1.0
+from sweeper.config import Rule, StudyConfig
+from sweeper.fronts import Point, pareto_front, points
+from sweeper.records import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -38,42 +30,46 @@ class Recommendation:
     reference_tokens: float
     expected_s: float
     #: change against the baseline, %: estimate and 95% interval (bootstrap of the repeats)
-    gain_tok_s_pct: tuple[float, ...] | None
-    gain_ttft_pct: tuple[float, ...] | None
+    gain_tok_s_pct: stats.Interval | None
+    gain_ttft_pct: stats.Interval | None
     note: str | None = None
+
+    def gain_text(self) -> str:
+        """The tok/s change against the baseline, in words ("" without a baseline)."""
+        g = self.gain_tok_s_pct
+        if g is None:
+            return ""
+        return (
+            f"{g.estimate:+.1f}% tok/s vs baseline "
+            f"({stats.LEVEL:.0%} interval {g.low:+.1f}% to {g.high:+.1f}%)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "workload": self.workload,
             "trial": self.point.trial,
             "settings": self.point.settings,
-            "tok_s": self.point.tok_s,
-            "ttft_s": self.point.ttft_s,
+            "tok_s": self.point.tok_s.to_dict(),
+            "ttft_s": self.point.ttft_s.to_dict(),
             "output_tokens": self.point.output_tokens,
             "reference_tokens": self.reference_tokens,
             "expected_completion_s": self.expected_s,
             "baseline_trial": self.baseline.trial if self.baseline else None,
-            "gain_tok_s_pct": self.gain_tok_s_pct,
-            "gain_ttft_pct": self.gain_ttft_pct,
+            "gain_tok_s_pct": self.gain_tok_s_pct.to_list() if self.gain_tok_s_pct else None,
+            "gain_ttft_pct": self.gain_ttft_pct.to_list() if self.gain_ttft_pct else None,
             "note": self.note,
         }
 
 
 def expected_completion_s(p: Point, tokens: float) -> float:
-    tok_s = p.tok_s["median"]
-    return p.ttft_s["median"] + (tokens / tok_s if tok_s > 0 else float("inf"))
+    tok_s = p.tok_s.median
+    return p.ttft_s.median + (tokens / tok_s if tok_s > 0 else float("inf"))
 
 
 def recommend(
-    study: optuna.Study, workload: str, max_tokens: int, rule: Rule | None = None
+    workload: str, pts: Sequence[Point], max_tokens: int, rule: Rule | None = None
 ) -> Recommendation | None:
-    return recommend_from(workload, points(study, workload), max_tokens, rule)
-
-
-def recommend_from(
-    workload: str, pts: list[Point], max_tokens: int, rule: Rule | None = None
-) -> Recommendation | None:
-    """The recommendation among ``pts`` (``results.points`` of the workload)."""
+    """The recommendation among ``pts`` (``fronts.points`` of the workload)."""
     rule = rule or Rule()
     base = next((p for p in pts if p.baseline), None)
     front = [p for p in pareto_front(pts) if _within(p, rule)]
@@ -90,8 +86,8 @@ def recommend_from(
 
         def score(p: Point) -> float:
             return -(
-                rule.tok_s_weight * p.tok_s["median"] / base.tok_s["median"]
-                - rule.ttft_weight * p.ttft_s["median"] / base.ttft_s["median"]
+                rule.tok_s_weight * p.tok_s.median / base.tok_s.median
+                - rule.ttft_weight * p.ttft_s.median / base.ttft_s.median
             )
     else:
 
@@ -118,8 +114,8 @@ def recommend_from(
         baseline=base,
         reference_tokens=reference,
         expected_s=expected_completion_s(chosen, reference),
-        gain_tok_s_pct=tuple(chosen.delta_tok_s_ci) if chosen.delta_tok_s_ci else None,
-        gain_ttft_pct=tuple(chosen.delta_ttft_ci) if chosen.delta_ttft_ci else None,
+        gain_tok_s_pct=chosen.delta_tok_s_ci,
+        gain_ttft_pct=chosen.delta_ttft_ci,
         note=note,
     )
 
@@ -128,7 +124,7 @@ def _beats_baseline(p: Point, base: Point, reference: float, rule: Rule) -> bool
     """Is ``p`` better than the baseline by more than the noise, on the rule's own terms?"""
     if rule.kind == "weighted":
         tok, ttft = p.delta_tok_s_ci, p.delta_ttft_ci
-        return bool((tok and tok[1] > 0) or (ttft and ttft[2] < 0))
+        return bool((tok and tok.above_zero()) or (ttft and ttft.below_zero()))
 
     def completion(tok_s: list[float], ttft: list[float]) -> list[float]:
         return [f + reference / t for t, f in zip(tok_s, ttft, strict=True) if t > 0]
@@ -137,10 +133,41 @@ def _beats_baseline(p: Point, base: Point, reference: float, rule: Rule) -> bool
     b = completion(p.runs_tok_s, p.runs_ttft_s)
     if not a or not b:
         return False
-    return stats.relative_difference(a, b).high < 0
+    return stats.relative_difference(a, b).below_zero()
 
 
 def _within(p: Point, rule: Rule) -> bool:
-    if rule.ttft_max is not None and p.ttft_s["median"] > rule.ttft_max:
+    if rule.ttft_max is not None and p.ttft_s.median > rule.ttft_max:
         return False
-    return not (rule.tok_s_min is not None and p.tok_s["median"] < rule.tok_s_min)
+    return not (rule.tok_s_min is not None and p.tok_s.median < rule.tok_s_min)
+
+
+@dataclass(frozen=True)
+class WorkloadFront:
+    """One workload's feasible points, its front and its recommendation."""
+
+    workload: str
+    points: list[Point]
+    front: list[Point]
+    recommendation: Recommendation | None
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.recommendation
+        return {
+            "front": [p.to_dict() for p in self.front],
+            "recommended": rec.to_dict() if rec else None,
+        }
+
+
+def per_workload(
+    recs: Sequence[TrialRecord], config: StudyConfig, only: str | None = None
+) -> dict[str, WorkloadFront]:
+    """Every workload's (or ``only`` one's) front and recommendation."""
+    out = {}
+    for w in config.workloads:
+        if only not in (None, w.name):
+            continue
+        pts = points(recs, w.name)
+        rec = recommend(w.name, pts, w.max_tokens, config.recommend)
+        out[w.name] = WorkloadFront(w.name, pts, pareto_front(pts), rec)
+    return out

@@ -21,11 +21,11 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import TrialState
 
-from sweeper import fingerprint
+from sweeper import fingerprint, records
+from sweeper.config import StudyConfig
 from sweeper.files import write_atomic
-from sweeper.recommend import Recommendation, recommend_from
-from sweeper.results import Point, failure_reason, pareto_front, points
-from sweeper.studyfile import StudyConfig
+from sweeper.fronts import Point
+from sweeper.recommend import Recommendation, per_workload
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class WorkloadView:
     infeasible: list[Infeasible]
     recommendation: Recommendation | None
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: (trial, tok/s) of the feasible trials in the order they ran
+    history: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,57 +62,55 @@ class ReportData:
 
 
 def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
+    recs = records.load(study)
     views = []
-    for w in config.workloads:
-        pts = points(study, w.name)
+    for w, wf in per_workload(recs, config).items():
+        pts = wf.points
         infeasible = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            reason = failure_reason(t, w.name)
-            if reason is None:
+        for r in recs:
+            reason = r.infeasible_reason(w)
+            if r.state != TrialState.COMPLETE or reason is None:
                 continue
-            data = t.user_attrs.get(f"w:{w.name}")
+            data = r.workloads.get(w)
             infeasible.append(
                 Infeasible(
-                    trial=t.number,
+                    trial=r.number,
                     reason=reason,
-                    detail=str(t.user_attrs.get("failure_detail", "")),
-                    settings=t.user_attrs.get("settings", {}),
-                    tok_s=data["tok_s"]["median"] if data else None,
-                    ttft_s=data["ttft_s"]["median"] if data else None,
+                    detail=r.failure_detail,
+                    settings=r.settings,
+                    tok_s=data.tok_s.median if data else None,
+                    ttft_s=data.ttft_s.median if data else None,
                 )
             )
         views.append(
             WorkloadView(
-                workload=w.name,
+                workload=w,
                 points=pts,
-                front=pareto_front(pts),
+                front=wf.front,
                 infeasible=infeasible,
-                recommendation=recommend_from(w.name, pts, w.max_tokens, config.recommend),
-                importances=_importances(study, config, w.name, pts),
+                recommendation=wf.recommendation,
+                importances=_importances(study, config, w, pts),
+                history=sorted((p.trial, p.tok_s.median) for p in pts),
             )
         )
-    trials = study.get_trials(deepcopy=False)
     mismatches = [
-        {"trial": t.number, **{k: f"{v[0]} -> {v[1]}" for k, v in t.user_attrs["mismatch"].items()}}
-        for t in trials
-        if t.user_attrs.get("mismatch")
+        {"trial": r.number, **{k: f"{v[0]} -> {v[1]}" for k, v in r.mismatch.items()}}
+        for r in recs
+        if r.mismatch
     ]
     machines = list(
-        {
-            json.dumps(t.user_attrs["machine"], sort_keys=True): t.user_attrs["machine"]
-            for t in trials
-            if t.user_attrs.get("machine")
-        }.values()
+        {json.dumps(r.machine, sort_keys=True): r.machine for r in recs if r.machine}.values()
     )
     counts: dict[str, int] = {}
-    for t in trials:
-        if t.state == TrialState.COMPLETE:
-            key = failure_reason(t) or "feasible"
+    for r in recs:
+        if r.state == TrialState.COMPLETE:
+            key = r.infeasible_reason() or "feasible"
         else:
-            key = t.state.name.lower()
+            key = r.state.name.lower()
         counts[key] = counts.get(key, 0) + 1
-    drift = study.user_attrs.get("drift_events", [])
-    return ReportData(study.study_name, storage, views, mismatches, machines, counts, drift)
+    return ReportData(
+        study.study_name, storage, views, mismatches, machines, counts, records.drift_events(study)
+    )
 
 
 def feasible_study(study: optuna.Study, pts: list[Point]) -> optuna.Study:
@@ -155,28 +155,28 @@ def pareto_figure(view: WorkloadView) -> go.Figure:
     rec = view.recommendation.point.trial if view.recommendation else None
     for label, pts, opacity in (
         ("dominated", [p for p in view.points if p.trial not in on_front], FADED),
-        ("Pareto front", sorted(view.front, key=lambda p: p.ttft_s["median"]), 1.0),
+        ("Pareto front", sorted(view.front, key=lambda p: p.ttft_s.median), 1.0),
     ):
         if not pts:
             continue
         fig.add_trace(
             go.Scatter(
-                x=[p.tok_s["median"] for p in pts],
-                y=[p.ttft_s["median"] for p in pts],
+                x=[p.tok_s.median for p in pts],
+                y=[p.ttft_s.median for p in pts],
                 mode="markers+lines" if label == "Pareto front" else "markers",
                 name=label,
                 opacity=opacity,
                 error_x={
                     "type": "data",
                     "symmetric": False,
-                    "array": [p.tok_s["max"] - p.tok_s["median"] for p in pts],
-                    "arrayminus": [p.tok_s["median"] - p.tok_s["min"] for p in pts],
+                    "array": [p.tok_s.max - p.tok_s.median for p in pts],
+                    "arrayminus": [p.tok_s.median - p.tok_s.min for p in pts],
                 },
                 error_y={
                     "type": "data",
                     "symmetric": False,
-                    "array": [p.ttft_s["max"] - p.ttft_s["median"] for p in pts],
-                    "arrayminus": [p.ttft_s["median"] - p.ttft_s["min"] for p in pts],
+                    "array": [p.ttft_s.max - p.ttft_s.median for p in pts],
+                    "arrayminus": [p.ttft_s.median - p.ttft_s.min for p in pts],
                 },
                 marker={
                     "size": 10,
@@ -224,8 +224,8 @@ def pareto_figure(view: WorkloadView) -> go.Figure:
         if p is not None:
             fig.add_trace(
                 go.Scatter(
-                    x=[p.tok_s["median"]],
-                    y=[p.ttft_s["median"]],
+                    x=[p.tok_s.median],
+                    y=[p.ttft_s.median],
                     mode="markers",
                     name=label,
                     marker={
@@ -257,8 +257,8 @@ def _hover(p: Point) -> str:
     settings = "<br>".join(f"{k} = {v}" for k, v in p.settings.items())
     return (
         f"trial {p.trial}{' (baseline)' if p.baseline else ''}<br>"
-        f"{p.tok_s['median']:.2f} tok/s [{p.tok_s['min']:.2f}-{p.tok_s['max']:.2f}]<br>"
-        f"TTFT {p.ttft_s['median']:.3f} s<br>{p.output_tokens:.0f} output tokens<br>"
+        f"{p.tok_s.median:.2f} tok/s [{p.tok_s.min:.2f}-{p.tok_s.max:.2f}]<br>"
+        f"TTFT {p.ttft_s.median:.3f} s<br>{p.output_tokens:.0f} output tokens<br>"
         f"{settings}"
     )
 
@@ -288,9 +288,9 @@ def _front_rows(view: WorkloadView) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}{mark}",
-                "tok/s median [min-max]": f"{p.tok_s['median']:.2f} [{p.tok_s['min']:.2f}-"
-                f"{p.tok_s['max']:.2f}]",
-                "TTFT s": f"{p.ttft_s['median']:.3f} [{p.ttft_s['min']:.3f}-{p.ttft_s['max']:.3f}]",
+                "tok/s median [min-max]": f"{p.tok_s.median:.2f} [{p.tok_s.min:.2f}-"
+                f"{p.tok_s.max:.2f}]",
+                "TTFT s": f"{p.ttft_s.median:.3f} [{p.ttft_s.min:.3f}-{p.ttft_s.max:.3f}]",
                 "output tokens": f"{p.output_tokens:.0f}",
                 "Δ tok/s": "" if p.delta_tok_s_pct is None else f"{p.delta_tok_s_pct:+.1f}%",
                 **({"machine": p.machine} if mixed else {}),
@@ -316,27 +316,37 @@ def _importance_figure(view: WorkloadView) -> go.Figure | None:
     return fig
 
 
-def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
+def history_figure(view: WorkloadView) -> go.Figure:
+    """Each feasible trial's tok/s in the order the trials ran, and the best so far."""
+    trials = [t for t, _ in view.history]
+    values = [v for _, v in view.history]
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=trials, y=values, mode="markers", name=f"{view.workload} tok/s"))
+    fig.add_trace(go.Scatter(x=trials, y=best, mode="lines", name="best so far"))
+    fig.update_layout(
+        title=f"{view.workload}: optimization history (tok/s)",
+        xaxis_title="trial",
+        yaxis_title="decode tok/s",
+        template="plotly_white",
+        height=360,
+    )
+    return fig
+
+
+def render(data: ReportData) -> str:
     parts = [
         f"<h1>sweeper report: {html.escape(data.study)}</h1>",
         f"<p>storage {html.escape(data.storage)}; trials: "
         + ", ".join(f"{k} {v}" for k, v in sorted(data.counts.items()))
         + "</p>",
     ]
-    names = [w.name for w in config.workloads]
     for view in data.workloads:
         parts.append(f'<section class="workload" id="workload-{html.escape(view.workload)}">')
         parts.append(f"<h2>Workload {html.escape(view.workload)}</h2>")
         r = view.recommendation
         if r is not None:
-            gain = (
-                ""
-                if r.gain_tok_s_pct is None
-                else (
-                    f"; {r.gain_tok_s_pct[0]:+.1f}% tok/s against the baseline (95% interval "
-                    f"{r.gain_tok_s_pct[1]:+.1f}% to {r.gain_tok_s_pct[2]:+.1f}%)"
-                )
-            )
+            gain = f"; {r.gain_text()}" if r.gain_tok_s_pct else ""
             parts.append(
                 f"<p><b>Recommended: trial {r.point.trial}</b>, expected "
                 f"{r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens{gain}.</p>"
@@ -346,18 +356,8 @@ def render(data: ReportData, study: optuna.Study, config: StudyConfig) -> str:
         imp = _importance_figure(view)
         if imp is not None:
             parts.append(_figure_html(imp))
-        copy = feasible_study(study, view.points)
-        if copy.trials:
-            k = names.index(view.workload) * 2
-
-            def tok_s(t: optuna.trial.FrozenTrial, k: int = k) -> float:
-                return float(t.values[k])
-
-            hist = optuna.visualization.plot_optimization_history(
-                copy, target=tok_s, target_name=f"{view.workload} tok/s"
-            )
-            hist.update_layout(title=f"{view.workload}: optimization history (tok/s)")
-            parts.append(_figure_html(hist))
+        if view.history:
+            parts.append(_figure_html(history_figure(view)))
         parts.append(
             "<h3>Infeasible trials</h3>"
             + _table(
@@ -412,4 +412,4 @@ def write_report(
     study: optuna.Study, config: StudyConfig, storage: str, path: Path, force: bool = False
 ) -> None:
     """Render the report of ``study`` to ``path`` (``storage``: a redacted URL to show)."""
-    write_atomic(path, render(report_data(study, config, storage), study, config), force=force)
+    write_atomic(path, render(report_data(study, config, storage)), force=force)

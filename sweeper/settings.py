@@ -24,8 +24,12 @@ class Param:
 
     name: str
     type: type
+    #: LM Studio's load-config key
     lmstudio: str
+    #: llama-cpp-python's ``Llama(...)`` argument
     llamacpp: str
+    #: llama-server's flag
+    llama_server: str
     doc: str
     low: float | None = None
     high: float | None = None
@@ -40,6 +44,7 @@ PARAMS: dict[str, Param] = {
             int,
             "llm.load.contextLength",
             "n_ctx",
+            "-c",
             "tokens the KV cache holds",
             low=1,
         ),
@@ -48,6 +53,7 @@ PARAMS: dict[str, Param] = {
             float,
             "llm.load.llama.acceleration.offloadRatio",
             "n_gpu_layers",
+            "-ngl",
             "share of layers on the GPU, 0..1 (llama.cpp: round(ratio x layers))",
             low=0.0,
             high=1.0,
@@ -57,6 +63,7 @@ PARAMS: dict[str, Param] = {
             int,
             "llm.load.llama.evalBatchSize",
             "n_batch",
+            "-b",
             "logical prompt batch",
             low=1,
         ),
@@ -65,6 +72,7 @@ PARAMS: dict[str, Param] = {
             int,
             "llm.load.llama.physicalBatchSize",
             "n_ubatch",
+            "-ub",
             "physical (micro) batch, <= eval_batch_size",
             low=1,
         ),
@@ -73,6 +81,7 @@ PARAMS: dict[str, Param] = {
             int,
             "llm.load.llama.cpuThreadPoolSize",
             "n_threads",
+            "-t",
             "CPU threads for generation",
             low=1,
         ),
@@ -81,6 +90,7 @@ PARAMS: dict[str, Param] = {
             bool,
             "llm.load.llama.flashAttention",
             "flash_attn",
+            "-fa",
             "flash attention",
         ),
         Param(
@@ -88,6 +98,7 @@ PARAMS: dict[str, Param] = {
             str,
             "llm.load.llama.kCacheQuantizationType",
             "type_k",
+            "-ctk",
             "K cache element type",
             choices=CACHE_TYPES,
         ),
@@ -96,15 +107,24 @@ PARAMS: dict[str, Param] = {
             str,
             "llm.load.llama.vCacheQuantizationType",
             "type_v",
+            "-ctv",
             "V cache element type (quantized types need flash_attention)",
             choices=CACHE_TYPES,
         ),
-        Param("mmap", bool, "llm.load.llama.tryMmap", "use_mmap", "memory-map the weights"),
+        Param(
+            "mmap",
+            bool,
+            "llm.load.llama.tryMmap",
+            "use_mmap",
+            "--no-mmap",
+            "memory-map the weights",
+        ),
         Param(
             "keep_in_memory",
             bool,
             "llm.load.llama.keepModelInMemory",
             "use_mlock",
+            "--mlock",
             "lock the weights in RAM",
         ),
         Param(
@@ -112,12 +132,14 @@ PARAMS: dict[str, Param] = {
             bool,
             "llm.load.offloadKVCacheToGpu",
             "offload_kqv",
+            "-nkvo",
             "KV cache on the GPU",
         ),
         Param(
             "cpu_moe_layers",
             int,
             "llm.load.numCpuExpertLayersRatio",
+            "",
             "--n-cpu-moe",
             "MoE expert weights of the first N layers kept on the CPU",
             low=0,

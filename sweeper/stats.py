@@ -23,7 +23,13 @@ class Interval:
     high: float
 
     def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return self.above_zero() or self.below_zero()
+
+    def above_zero(self) -> bool:
+        return self.low > 0
+
+    def below_zero(self) -> bool:
+        return self.high < 0
 
     def to_list(self) -> list[float]:
         return [self.estimate, self.low, self.high]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 #: The two prompts of the RTX 3060 / gpt-oss-20b article, verbatim, with caps that let the
 #: article's outputs (2,000-3,000 tokens) finish.
 BUILTIN_PROMPTS: dict[str, tuple[str, int]] = {
@@ -29,9 +31,9 @@ class Workload:
     system: str | None = None
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Fixed sampling, so that settings and not dice are compared. Recorded on the study."""
+class Sampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Fixed sampling, so that settings and not dice are compared. Recorded on the study; the
+    study file's ``[sampling]`` table."""
 
     seed: int = 1234
     temperature: float = 0.0
@@ -39,6 +41,9 @@ class Sampling:
     top_p: float = 0.95
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+
+    def to_dict(self) -> dict[str, object]:
+        return msgspec.structs.asdict(self)
 
 
 def builtin(name: str, max_tokens: int | None = None) -> Workload:

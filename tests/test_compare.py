@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import WriteStudy
 from sweeper import compare
 from sweeper.cli import cli
-from sweeper.measure import Run, TrialOutcome, WorkloadResult
+from sweeper.measurement import Run, TrialOutcome, WorkloadResult
 from sweeper.settings import LoadSettings
 
 STUDY = """
@@ -153,6 +153,8 @@ def test_two_threads_are_faster_than_one_on_two_cores(
 
 
 def test_the_table_has_the_articles_shape() -> None:
+    from sweeper import terminal
+
     results = measured(
         {"Before": [10.0 + r * 0.01 for r in range(4)], "After": [8.0 + r * 0.01 for r in range(4)]}
     )
@@ -164,11 +166,15 @@ def test_the_table_has_the_articles_shape() -> None:
     )
     assert after["ttft_s"].verdict == "slower"  # a later first token
     assert after["output_tokens"].verdict == "no detectable difference"
-    assert {m: label for m, (label, _) in compare.METRICS.items()} == {
-        "tok_s": "Tokens/sec",
-        "output_tokens": "Total Tokens",
-        "ttft_s": "Time to First Token (sec)",
-    }
+    lines = terminal.comparison_tables(rows, results, 4, 0.95).splitlines()
+    assert lines[0] == (
+        "w: median [95% interval] of 4 interleaved rounds; differences vs Before, paired by round"
+    )
+    header = lines[1].split()
+    # the article's columns, in its order
+    assert " ".join(header) == "config Tokens/sec Total Tokens Time to First Token (sec)"
+    assert lines[2].split()[0] == "Before" and lines[3].split()[0] == "After"
+    assert lines[4].split()[:3] == ["vs", "Before", "-20.0%"] and "slower" in lines[4]
 
 
 def test_compare_needs_two_configs(write_study: WriteStudy, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from llama_cpp import Llama
 from lmstudio._kv_config import load_config_to_kv_config_stack
 from lmstudio._sdk_models import LlmLoadModelConfig
 
-from conftest import WriteStudy, run_fake
+from conftest import WriteStudy, front_points, run_fake
 from lmstudio_server.server import KNOWN_LOAD_KEYS, collapse, llama_kwargs
 from sweeper import export
 from sweeper.backends.lmstudio import to_config
@@ -43,7 +43,7 @@ FULL = LoadSettings(
 @pytest.fixture
 def preset(write_study: WriteStudy) -> export.Preset:
     _, study = run_fake(write_study(), trials=3)
-    rec = recommend(study, "short", 16)
+    rec = recommend("short", front_points(study, "short"), 16)
     assert rec is not None
     rec = type(rec)(
         **{

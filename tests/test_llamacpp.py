@@ -6,8 +6,8 @@ import pytest
 
 from sweeper.backends.llamacpp import LlamaCppBackend
 from sweeper.errors import GenerationError, TrialFailure
+from sweeper.runner import WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
-from sweeper.worker import WorkerSpec, run_in_child
 from sweeper.workloads import Sampling, builtin
 
 pytestmark = pytest.mark.real

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from conftest import WriteStudy
 from lmstudio_server import LMSError, LMStudioTestServer, ServerModel
-from sweeper import studyfile
+from sweeper import config as studyfile
 from sweeper.backends.lmstudio import LMStudioBackend, from_wire, to_config
 from sweeper.cli import cli
 from sweeper.errors import GenerationError, LoadError
 from sweeper.settings import LoadSettings
-from sweeper.study import open_study
+from sweeper.storage import open_study
 from sweeper.workloads import Sampling, builtin
 
 pytestmark = pytest.mark.real
@@ -285,7 +285,7 @@ def test_the_shipped_quick_study_runs_against_the_server(
 
 def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
     from sweeper.errors import TrialFailure
-    from sweeper.worker import WorkerSpec, run_in_child
+    from sweeper.runner import WorkerSpec, run_in_child
 
     spec = WorkerSpec(
         "lmstudio", KEY, (builtin("long", 4000),), Sampling(), 1, 0, (("host", server.address),)

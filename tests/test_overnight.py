@@ -172,24 +172,18 @@ def test_every_trial_is_in_the_study_log(write_study: WriteStudy) -> None:
 
 
 def test_results_are_grouped_by_machine_when_mixed(write_study: WriteStudy) -> None:
-    from sweeper import results, studyfile
-    from sweeper.backends.fake import FakeBackend
-    from sweeper.study import Sweep
-    from sweeper.worker import WorkerSpec, run_in_process
+    from conftest import fake_runner
+    from sweeper import config as studyfile
+    from sweeper import fronts, records
+    from sweeper.sweep import Sweep
 
     config = studyfile.load(write_study(FAKE_STUDY))
-    spec = WorkerSpec("fake", "fake", config.workloads, config.sampling, 1, 0)
     for cpu, trials in (("CPU A", 2), ("CPU B", 4)):
-        backend = FakeBackend("fake")
-        sweep = Sweep(
-            config,
-            lambda s, p, a, b=backend: run_in_process(b, spec, s, p),
-            machine={"cpu": cpu, "cores": 2},
-        )
+        sweep = Sweep(config, fake_runner(config), machine={"cpu": cpu, "cores": 2})
         sweep.run(sweep.open(), trials=trials)
-    study = sweep.open()
-    assert sorted(results.status(study, ["short"])["machines"].values()) == [2, 2]
-    assert len({p.machine for p in results.points(study, "short")}) == 2
+    recs = records.load(sweep.open())
+    assert sorted(fronts.status(recs, ["short"], [])["machines"].values()) == [2, 2]
+    assert len({p.machine for p in fronts.points(recs, "short")}) == 2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REAL_STUDY, WriteStudy
-from sweeper import studyfile
+from sweeper import config as studyfile
 from sweeper.cli import cli
-from sweeper.study import open_study
+from sweeper.storage import open_study
 
 pytestmark = pytest.mark.real
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import WriteStudy
-from sweeper import results, studyfile
+from conftest import WriteStudy, fake_runner, front_points
+from sweeper import config as studyfile
+from sweeper import fronts, records
 from sweeper.backends.fake import FAKE_OOM_CONTEXT, FakeBackend, default_behaviour
+from sweeper.config import StudyConfig
 from sweeper.errors import StorageError
-from sweeper.measure import Run
+from sweeper.measurement import Run
 from sweeper.settings import LoadSettings
-from sweeper.study import WORST_TTFT_S, Sweep, baseline_trial, open_study
-from sweeper.studyfile import StudyConfig
-from sweeper.worker import WorkerSpec, run_in_process
+from sweeper.storage import open_study
+from sweeper.sweep import WORST_TTFT_S, Sweep
 from sweeper.workloads import Workload
 
 
@@ -24,12 +24,15 @@ def make_sweep(
     config: StudyConfig, backend: FakeBackend | None = None
 ) -> tuple[Sweep, FakeBackend]:
     backend = backend or FakeBackend("fake")
-    spec = WorkerSpec(
-        "fake", "fake", config.workloads, config.sampling, config.repeats, config.warmup
-    )
-    return Sweep(
-        config, lambda s, p, a: run_in_process(backend, dataclasses.replace(spec, adaptive=a), s, p)
-    ), backend
+    return Sweep(config, fake_runner(config, backend)), backend
+
+
+def status(study: object, workloads: list[str]) -> dict:
+    return fronts.status(records.load(study), workloads, records.drift_events(study))
+
+
+def reason(trial: object, workload: str | None = None) -> str | None:
+    return records.read(trial).infeasible_reason(workload)
 
 
 def test_baseline_first_then_resume(write_study: WriteStudy) -> None:
@@ -101,8 +104,8 @@ def test_out_of_memory_is_an_infeasible_trial_and_the_sweep_goes_on(
         assert "cannot allocate" in t.user_attrs["failure_detail"]
         assert t.constraints["failed"] == 1.0
         assert t.values[1] == WORST_TTFT_S
-    assert results.status(study, ["short", "long"])["infeasible"] == {"oom": 2}
-    assert [p.trial for p in results.points(study, "short")] == [0]
+    assert status(study, ["short", "long"])["infeasible"] == {"oom": 2}
+    assert [p.trial for p in front_points(study, "short")] == [0]
     assert [t.number for t in study.best_trials] == [0]
 
 
@@ -135,8 +138,8 @@ def test_a_shorter_output_than_the_baselines_is_truncated(write_study: WriteStud
     assert t.user_attrs["failure_reason"] == "truncated"
     assert t.user_attrs["output_ratio:short"] == 0.5
     assert t.constraints["truncated:short"] == pytest.approx(0.4)
-    assert results.failure_reason(t, "short") == "truncated"
-    assert [p.trial for p in results.points(study, "short")] == [0]
+    assert reason(t, "short") == "truncated"
+    assert [p.trial for p in front_points(study, "short")] == [0]
 
 
 def test_a_run_that_hits_the_cap_is_never_truncated(write_study: WriteStudy) -> None:
@@ -215,8 +218,8 @@ def test_pareto_front_is_per_workload(write_study: WriteStudy) -> None:
             {"context_length": 4096, "cpu_threads": threads, "flash_attention": False}
         )
     sweep.run(study, trials=3)
-    short = results.pareto_front(results.points(study, "short"))
-    long = results.pareto_front(results.points(study, "long"))
+    short = fronts.pareto_front(front_points(study, "short"))
+    long = fronts.pareto_front(front_points(study, "long"))
     assert [p.settings["cpu_threads"] for p in short] == [4]
     assert [p.settings["cpu_threads"] for p in long] == [1]
     assert short[0].delta_tok_s_pct == 300.0
@@ -242,15 +245,29 @@ def test_sampler_learns_to_avoid_out_of_memory(write_study: WriteStudy) -> None:
     assert oom <= 1, oom  # random sampling would give ~5 of 20 (seeded: this run gives 1)
 
 
-def test_baseline_trial_helper(write_study: WriteStudy) -> None:
+def test_the_baseline_is_the_first_measured_trial_tagged_so(write_study: WriteStudy) -> None:
+    """A failed or interrupted baseline is not the baseline; the next measured one is."""
     config = studyfile.load(write_study())
-    sweep, _ = make_sweep(config)
+    calls = []
+
+    def fail_first_load(settings: LoadSettings, workload: Workload) -> Run:
+        calls.append(settings)
+        if len(calls) == 1:
+            raise FileNotFoundError  # not a TrialFailure: a bug, the sweep stops
+        return default_behaviour(settings, workload)
+
+    sweep, _ = make_sweep(config, FakeBackend("fake", fail_first_load))
     study = sweep.open()
-    assert baseline_trial(study) is None
-    sweep.run(study, trials=1)
-    base = baseline_trial(study)
-    assert base is not None and base.number == 0
-    assert isinstance(study, optuna.Study)
+    assert records.baseline(records.load(study)) is None
+    with pytest.raises(FileNotFoundError):
+        sweep.run(study, trials=1)
+    assert records.baseline(records.load(study)) is None  # trial 0 failed
+    records.enqueue(study, {"context_length": 4096, "cpu_threads": 1}, records.Tag.BASELINE)
+    sweep.run(study, trials=2)
+    recs = records.load(study)
+    base = records.baseline(recs)
+    assert base is not None and base.number == 1 and base.state == TrialState.COMPLETE
+    assert [r.tag for r in recs][:2] == ["baseline", "baseline"]
 
 
 def test_the_baseline_is_rerun_and_drift_is_flagged(write_study: WriteStudy) -> None:
@@ -278,8 +295,7 @@ def test_the_baseline_is_rerun_and_drift_is_flagged(write_study: WriteStudy) -> 
     events = study.user_attrs["drift_events"]
     assert events and events[0]["tok_s_change_pct"]["short"][0] == pytest.approx(-20.0)
     assert events[0]["since_trial"] == checks[0]
-    status = results.status(study, ["short", "long"])
-    assert status["drift_events"] == events
+    assert status(study, ["short", "long"])["drift_events"] == events
 
 
 def test_output_divergence_from_the_baseline_is_measured_and_guarded(
@@ -309,7 +325,7 @@ def test_output_divergence_from_the_baseline_is_measured_and_guarded(
         "short differs from the baseline's output at character 6"
         in other.user_attrs["failure_detail"]
     )
-    assert results.failure_reason(other, "short") == "diverged"
+    assert reason(other, "short") == "diverged"
 
 
 def test_adaptive_repeats_go_to_trials_near_the_front(write_study: WriteStudy) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sweeper.errors import TrialFailure
+from sweeper.runner import WorkerError, WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
-from sweeper.worker import WorkerError, WorkerSpec, run_in_child
 from sweeper.workloads import Sampling, Workload
 
 WORKLOADS = (Workload("w", "hello", 4),)

@@ -1,45 +1,38 @@
-"""Backends: the small interface every inference engine is driven through, and the registry."""
+"""Backends: the small interface every inference engine is driven through, and the registry.
+
+A backend loads a model with canonical settings and generates from it, in sweeper's own types
+(``LoadSettings`` in; the applied configuration and ``Run`` out). Every failure leaves it as a
+``LoadError``/``GenerationError`` with a named reason, mapped in one place per backend; SDK
+exceptions never leave a backend.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from sweeper.errors import BackendUnavailable, StudyFileError
-from sweeper.measure import Run
+from sweeper.measurement import Run
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, Workload
+
+#: Called with a load's progress, 0..1, by backends that report it.
+LoadProgress = Callable[[float], None]
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Loads a model with given settings and generates from it, in sweeper's own types.
+    """What the runner drives. ``load`` returns the *applied* configuration as the engine
+    reports it (canonical names where there is one, engine extras under the engine's name)."""
 
-    ``load`` returns the *applied* configuration as the engine reports it (canonical names where
-    there is one, engine-specific extras allowed). Failures are raised as ``LoadError`` /
-    ``GenerationError`` with a named reason; SDK exceptions never leave a backend.
-    """
-
-    name: ClassVar[str]
-    #: Canonical settings this backend can apply; anything else is rejected before a trial.
     supported: ClassVar[frozenset[str]]
-    #: Why a canonical setting outside ``supported`` cannot be applied, for the error message.
-    unsupported_why: ClassVar[dict[str, str]]
-    #: Constructor options used when the backend runs in a worker process.
-    child_options: ClassVar[dict[str, Any]]
-    #: False when the engine runs elsewhere (a server), so the worker's RSS says nothing.
-    measures_own_memory: ClassVar[bool]
 
-    @staticmethod
-    def preflight(
-        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Check the model (and server) before any trial exists; return the model to load
-        and the constructor options for the workers."""
-        ...
-
-    def load(self, settings: LoadSettings) -> dict[str, Any]: ...
+    def load(
+        self, settings: LoadSettings, on_progress: LoadProgress | None = None
+    ) -> dict[str, Any]: ...
 
     def generate(self, workload: Workload, sampling: Sampling) -> Run: ...
 
@@ -52,6 +45,60 @@ class Backend(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the study file says the model is; each backend reads what it needs."""
+
+    model: str
+    base_dir: Path
+    host: str | None = None
+    model_layers: int | None = None
+
+
+class BackendBase:
+    """Shared by the shipped backends: what is known about them before a trial exists, and
+    the context manager. Subclasses implement ``load``, ``generate`` and ``unload``."""
+
+    name: ClassVar[str]
+    #: Canonical settings this backend can apply; anything else is rejected before a trial.
+    supported: ClassVar[frozenset[str]]
+    #: Why a canonical setting outside ``supported`` cannot be applied, for the error message.
+    unsupported_why: ClassVar[Mapping[str, str]] = {}
+    #: False when the engine runs elsewhere (a server), so the worker's RSS says nothing.
+    measures_own_memory: ClassVar[bool] = True
+    #: Constructor options used when the backend runs in a worker process.
+    worker_options: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, model: str, **options: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def prepare(cls, target: Target) -> dict[str, Any]:
+        """Check the model (and server) before any trial exists; return the constructor's
+        keyword arguments for the workers (``model`` among them)."""
+        return {"model": target.model}
+
+    def load(
+        self, settings: LoadSettings, on_progress: LoadProgress | None = None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.unload()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 #: backend name -> "module:Class". Imported lazily: heavy SDKs load only when used.
 BACKENDS: dict[str, str] = {
     "llama.cpp": "sweeper.backends.llamacpp:LlamaCppBackend",
@@ -60,7 +107,7 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Any]:
+def backend_class(name: str) -> type[BackendBase]:
     try:
         target = BACKENDS[name]
     except KeyError:
@@ -74,10 +121,10 @@ def backend_class(name: str) -> type[Any]:
         raise BackendUnavailable(
             f"backend {name!r} needs a package that is not installed ({exc}); run `make install`"
         ) from exc
-    cls: type[Any] = getattr(module, class_name)
+    cls: type[BackendBase] = getattr(module, class_name)
     return cls
 
 
-def create_backend(name: str, model: str, **options: Any) -> Backend:
-    backend: Backend = backend_class(name)(model, **options)
+def create_backend(name: str, **options: Any) -> Backend:
+    backend: Backend = backend_class(name)(**options)
     return backend

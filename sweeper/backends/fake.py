@@ -10,11 +10,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from sweeper.backends import BackendBase, LoadProgress
 from sweeper.errors import GenerationError, LoadError
-from sweeper.measure import Run
+from sweeper.measurement import Run
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
@@ -42,11 +42,9 @@ def default_behaviour(settings: LoadSettings, workload: Workload) -> Run:
     )
 
 
-class FakeBackend:
+class FakeBackend(BackendBase):
     name: ClassVar[str] = "fake"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
-    unsupported_why: ClassVar[dict[str, str]] = {}
-    child_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str, behaviour: Behaviour | None = None) -> None:
         self.model = model
@@ -54,15 +52,9 @@ class FakeBackend:
         self.settings: LoadSettings | None = None
         self.loads: list[LoadSettings] = []
 
-    measures_own_memory: ClassVar[bool] = True
-
-    @staticmethod
-    def preflight(
-        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        return model, {}
-
-    def load(self, settings: LoadSettings) -> dict[str, Any]:
+    def load(
+        self, settings: LoadSettings, on_progress: LoadProgress | None = None
+    ) -> dict[str, Any]:
         # Model names that misbehave like real engines do, for the worker's own tests.
         if self.model == "fake:segfault":
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -85,15 +77,6 @@ class FakeBackend:
 
     def unload(self) -> None:
         self.settings = None
-
-    def close(self) -> None:
-        self.unload()
-
-    def __enter__(self) -> FakeBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 if TYPE_CHECKING:

@@ -1,18 +1,21 @@
 """The llama.cpp backend, through llama-cpp-python, in the current process.
 
-sweeper runs it inside a fresh child process per trial (``sweeper.worker``), so a crash or an
+sweeper runs it inside a fresh child process per trial (``sweeper.runner``), so a crash or an
 out-of-memory kill costs one trial, and memory figures are clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError
-from sweeper.measure import Run
+from sweeper.measurement import Run
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
@@ -52,17 +55,27 @@ def _llama_cpp() -> Any:
         ) from exc
 
 
-class LlamaCppBackend:
+@contextlib.contextmanager
+def _errors(stage: str) -> Iterator[None]:
+    """llama-cpp-python's exceptions as sweeper's, in one place."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        if stage == "load":
+            raise LoadError("load_failed", f"llama.cpp: {exc}") from exc
+        raise GenerationError("generation_failed", f"llama.cpp: {exc}") from exc
+
+
+class LlamaCppBackend(BackendBase):
     name: ClassVar[str] = "llama.cpp"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers"}
-    unsupported_why: ClassVar[dict[str, str]] = {
+    unsupported_why: ClassVar[Mapping[str, str]] = {
         "cpu_moe_layers": "llama-cpp-python 0.3.36 does not expose llama.cpp's tensor buffer "
         "overrides (--n-cpu-moe); use the lmstudio backend or llama-server's --n-cpu-moe",
     }
-
     #: In a worker process stderr goes to the trial's log, which names failures such as
     #: "failed to allocate buffer"; llama-cpp-python silences it unless verbose.
-    child_options: ClassVar[dict[str, Any]] = {"verbose": True}
+    worker_options: ClassVar[Mapping[str, Any]] = {"verbose": True}
 
     def __init__(self, model: str, verbose: bool = False) -> None:
         self.model_path = model
@@ -71,14 +84,10 @@ class LlamaCppBackend:
         self._vocab: Any = None
         self._prompt_format = "plain"
 
-    measures_own_memory: ClassVar[bool] = True
-
-    @staticmethod
-    def preflight(
-        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Resolve ``model`` (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
-        return LlamaCppBackend.resolve_model(model, base_dir), {}
+    @classmethod
+    def prepare(cls, target: Target) -> dict[str, Any]:
+        """Resolve the model (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
+        return {"model": cls.resolve_model(target.model, target.base_dir)}
 
     @staticmethod
     def resolve_model(model: str, base_dir: Path) -> str:
@@ -99,59 +108,38 @@ class LlamaCppBackend:
             )
         return str(path.resolve())
 
-    def load(self, settings: LoadSettings) -> dict[str, Any]:
+    def load(
+        self, settings: LoadSettings, on_progress: LoadProgress | None = None
+    ) -> dict[str, Any]:
         lc = _llama_cpp()
         self.unload()
-        kwargs = self._kwargs(lc, settings)
-        try:
+        kwargs = self._kwargs(settings)
+        with _errors("load"):
             self._llm = lc.Llama(self.model_path, verbose=self.verbose, **kwargs)
-        except (ValueError, RuntimeError) as exc:
-            raise LoadError("load_failed", f"llama.cpp: {exc}") from exc
         self._vocab = lc.llama_model_get_vocab(self._llm.model)
         self._prompt_format = self._detect_prompt_format()
-        return self.applied(settings)
+        return self.applied()
 
-    def _kwargs(self, lc: Any, s: LoadSettings) -> dict[str, Any]:
+    def _kwargs(self, settings: LoadSettings) -> dict[str, Any]:
+        """Canonical settings as ``Llama(...)`` arguments (each Param names its own)."""
         kw: dict[str, Any] = {}
-        if s.context_length is not None:
-            kw["n_ctx"] = s.context_length
-        if s.gpu_offload is not None:
-            kw["n_gpu_layers"] = (
-                -1 if s.gpu_offload >= 1 else round(s.gpu_offload * self._block_count(lc))
-            )
-        if s.eval_batch_size is not None:
-            kw["n_batch"] = s.eval_batch_size
-        if s.physical_batch_size is not None:
-            kw["n_ubatch"] = s.physical_batch_size
-        if s.cpu_threads is not None:
-            kw["n_threads"] = kw["n_threads_batch"] = s.cpu_threads
-        if s.flash_attention is not None:
-            kw["flash_attn"] = s.flash_attention
-        if s.k_cache_type is not None:
-            kw["type_k"] = GGML_TYPES[s.k_cache_type]
-        if s.v_cache_type is not None:
-            kw["type_v"] = GGML_TYPES[s.v_cache_type]
-        if s.mmap is not None:
-            kw["use_mmap"] = s.mmap
-        if s.keep_in_memory is not None:
-            kw["use_mlock"] = s.keep_in_memory
-        if s.offload_kv_cache is not None:
-            kw["offload_kqv"] = s.offload_kv_cache
+        for name, value in settings.to_dict().items():
+            if name == "gpu_offload":
+                layers = gguf.block_count(self.model_path) or 0
+                value = -1 if value >= 1 else round(value * layers)
+            elif name in ("k_cache_type", "v_cache_type"):
+                value = GGML_TYPES[value]
+            kw[PARAMS[name].llamacpp] = value
+        if "n_threads" in kw:
+            kw["n_threads_batch"] = kw["n_threads"]  # prompt processing uses the same threads
         return kw
 
-    def _block_count(self, lc: Any) -> int:
-        meta = lc.Llama(self.model_path, vocab_only=True, verbose=False).metadata
-        arch = meta.get("general.architecture", "")
-        return int(meta.get(f"{arch}.block_count", 0))
-
-    def applied(self, requested: LoadSettings) -> dict[str, Any]:
+    def applied(self) -> dict[str, Any]:
         """What llama.cpp actually set up, in canonical names (plus llama.cpp extras)."""
         lc = _llama_cpp()
         llm = self._require()
         ctx, cp, mp = llm.ctx, llm.context_params, llm.model_params
-        meta = llm.metadata
-        arch = meta.get("general.architecture", "")
-        layers = int(meta.get(f"{arch}.block_count", 0))
+        layers = gguf.block_count(self.model_path) or 0
         gpu = bool(lc.llama_supports_gpu_offload())
         n_gpu = min(mp.n_gpu_layers if mp.n_gpu_layers >= 0 else layers, layers) if gpu else 0
         return {
@@ -232,7 +220,7 @@ class LlamaCppBackend:
         times: list[float] = []
         out: list[int] = []
         stop = "max_tokens"
-        try:
+        with _errors("generate"):
             for token in llm.generate(
                 tokens,
                 top_k=sampling.top_k,
@@ -249,8 +237,6 @@ class LlamaCppBackend:
                 out.append(token)
                 if len(times) >= workload.max_tokens:
                     break
-        except RuntimeError as exc:
-            raise GenerationError("generation_failed", f"llama.cpp: {exc}") from exc
         end = time.perf_counter()
         perf = lc.llama_perf_context(llm.ctx)
         # llama.cpp decodes every output token but the last one when the cap ends the run
@@ -282,15 +268,6 @@ class LlamaCppBackend:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
-
-    def close(self) -> None:
-        self.unload()
-
-    def __enter__(self) -> LlamaCppBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 if TYPE_CHECKING:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError, TrialFailure
-from sweeper.measure import Run
+from sweeper.measurement import Run
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
@@ -39,12 +39,9 @@ SDK_KEYS = {
     "keep_in_memory": "keepModelInMemory",
     "offload_kv_cache": "offloadKVCacheToGpu",
 }
-#: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields (see load_with_raw_fields).
-RAW_KEYS = {
-    "cpu_threads": "llm.load.llama.cpuThreadPoolSize",
-    "physical_batch_size": "llm.load.llama.physicalBatchSize",
-    "cpu_moe_layers": "llm.load.numCpuExpertLayersRatio",
-}
+#: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields under their LM Studio
+#: keys (see load_with_raw_fields).
+RAW_SETTINGS = ("cpu_threads", "physical_batch_size", "cpu_moe_layers")
 STOP_REASONS = {
     "eosFound": "eos",
     "maxPredictedTokensReached": "max_tokens",
@@ -112,9 +109,9 @@ def to_config(
                     "cpu_moe_layers needs the model's layer count; "
                     "set model_layers in the study file",
                 )
-            raw[RAW_KEYS[name]] = moe_ratio(value, n_layers)
-        elif name in RAW_KEYS:
-            raw[RAW_KEYS[name]] = value
+            raw[PARAMS[name].lmstudio] = moe_ratio(value, n_layers)
+        elif name in RAW_SETTINGS:
+            raw[PARAMS[name].lmstudio] = value
         else:
             raise LoadError("unsupported", f"{name}: not mapped for LM Studio")
     _check_encoded(config)
@@ -133,6 +130,47 @@ def _check_encoded(config: dict[str, Any]) -> None:
     missing = expected - sent
     if missing:
         raise LoadError("unsupported", f"the lmstudio SDK did not encode {sorted(missing)}")
+
+
+def preset_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str, Any]]:
+    """Canonical settings as LM Studio's ``load.fields`` (wire keys and encodings), as its
+    preset and model default files hold them."""
+    out = []
+    for name, value in settings.to_dict().items():
+        if name in ("k_cache_type", "v_cache_type"):
+            value = {"checked": True, "value": value}
+        elif name == "cpu_moe_layers":
+            if not n_layers:
+                continue  # a ratio needs the layer count; listed in the file's notes instead
+            value = moe_ratio(value, n_layers)
+        out.append({"key": PARAMS[name].lmstudio, "value": value})
+    return out
+
+
+@contextlib.contextmanager
+def _errors(stage: str) -> Iterator[None]:
+    """The SDK's exceptions as sweeper's, in one place: a load's and a generation's."""
+    lms = _sdk()
+    failure = LoadError if stage == "load" else GenerationError
+    try:
+        yield
+    except lms.LMStudioModelNotFoundError as exc:
+        reason = "load_failed" if stage == "load" else "generation_failed"
+        raise failure(reason, f"LM Studio: model not found: {exc}") from exc
+    except lms.LMStudioServerError as exc:
+        text = str(exc)
+        if stage == "load":
+            reason = "oom" if "memory" in text.lower() else "load_failed"
+        else:
+            reason = "generation_failed"
+        raise failure(reason, f"LM Studio: {text}") from exc
+    except lms.LMStudioTimeoutError as exc:
+        raise failure("timeout", f"LM Studio: {exc}") from exc
+    except lms.LMStudioWebsocketError as exc:
+        raise failure("disconnected", f"LM Studio: {exc}") from exc
+    except lms.LMStudioError as exc:
+        reason = "disconnected" if stage == "load" else "generation_failed"
+        raise failure(reason, f"LM Studio: {exc}") from exc
 
 
 def load_with_raw_fields(
@@ -198,11 +236,9 @@ def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
     return applied
 
 
-class LMStudioBackend:
+class LMStudioBackend(BackendBase):
     name: ClassVar[str] = "lmstudio"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
-    unsupported_why: ClassVar[dict[str, str]] = {}
-    child_options: ClassVar[dict[str, Any]] = {}
     measures_own_memory: ClassVar[bool] = False
 
     def __init__(self, model: str, host: str | None = None, n_layers: int | None = None) -> None:
@@ -211,16 +247,13 @@ class LMStudioBackend:
         self.n_layers = n_layers
         self._client: lmstudio.Client | None = None
         self._model: Any = None
-        #: called with the load's progress, 0..1 (the worker forwards it to the progress bar)
-        self.on_load_progress: Callable[[float], None] | None = None
 
-    @staticmethod
-    def preflight(
-        model: str, base_dir: Path, host: str | None = None, model_layers: int | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    @classmethod
+    def prepare(cls, target: Target) -> dict[str, Any]:
         """Find LM Studio, check the model key; before any trial exists."""
         lms = _sdk()
-        host = find_host(host)
+        model = target.model
+        host = find_host(target.host)
         try:
             with lms.Client(host) as client:
                 downloaded = client.list_downloaded_models()
@@ -238,8 +271,8 @@ class LMStudioBackend:
                 f"LM Studio at {host} has no model {model!r}{hint} "
                 f"(download it with `lms get {model}`)"
             )
-        n_layers = model_layers or _layers_from_gguf(getattr(keys[model], "path", ""))
-        return model, {"host": host, "n_layers": n_layers}
+        n_layers = target.model_layers or _layers_from_gguf(getattr(keys[model], "path", ""))
+        return {"model": model, "host": host, "n_layers": n_layers}
 
     def _connect(self) -> lmstudio.Client:
         lms = _sdk()
@@ -253,28 +286,19 @@ class LMStudioBackend:
                 raise LoadError("load_failed", f"cannot connect to LM Studio: {exc}") from exc
         return self._client
 
-    def load(self, settings: LoadSettings) -> dict[str, Any]:
-        lms = _sdk()
+    def load(
+        self, settings: LoadSettings, on_progress: LoadProgress | None = None
+    ) -> dict[str, Any]:
         client = self._connect()
         config, raw = to_config(settings, self.n_layers)
         identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
-        try:
+        with _errors("load"):
             self._unload_ours(client)
             self._model = load_with_raw_fields(
-                client, self.model_key, identifier, config, raw, self.on_load_progress
+                client, self.model_key, identifier, config, raw, on_progress
             )
             fields = raw_load_config(client, identifier)
             context = self._model.get_context_length()
-        except lms.LMStudioModelNotFoundError as exc:
-            raise LoadError("load_failed", f"LM Studio: model not found: {exc}") from exc
-        except lms.LMStudioServerError as exc:
-            text = str(exc)
-            reason = "oom" if "memory" in text.lower() else "load_failed"
-            raise LoadError(reason, f"LM Studio: {text}") from exc
-        except lms.LMStudioTimeoutError as exc:
-            raise LoadError("timeout", f"LM Studio: {exc}") from exc
-        except lms.LMStudioError as exc:
-            raise LoadError("disconnected", f"LM Studio: {exc}") from exc
         applied = from_wire(fields, self.n_layers)
         applied["context_length"] = context
         applied["lmstudio"] = {
@@ -310,7 +334,7 @@ class LMStudioBackend:
         text: list[str] = []
         reasoning = 0
         start = time.perf_counter()
-        try:
+        with _errors("generate"):
             stream = self._model.respond_stream(chat, config=config)
             for fragment in stream:
                 now = time.perf_counter()
@@ -323,12 +347,6 @@ class LMStudioBackend:
                 else:
                     text.append(fragment.content)
             result = stream.result()
-        except lms.LMStudioTimeoutError as exc:
-            raise GenerationError("timeout", f"LM Studio: {exc}") from exc
-        except lms.LMStudioWebsocketError as exc:
-            raise GenerationError("disconnected", f"LM Studio: {exc}") from exc
-        except lms.LMStudioError as exc:
-            raise GenerationError("generation_failed", f"LM Studio: {exc}") from exc
         end = time.perf_counter()
         s = result.stats
         stats = {
@@ -365,9 +383,6 @@ class LMStudioBackend:
             self._client.__exit__(None, None, None)
             self._client = None
 
-    def __enter__(self) -> LMStudioBackend:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(TrialFailure):
             self.close()
@@ -375,16 +390,7 @@ class LMStudioBackend:
 
 def _layers_from_gguf(path: str) -> int | None:
     """The model's layer count, when LM Studio's copy of the GGUF is readable from here."""
-    file = Path(path).expanduser()
-    if not path or not file.is_file():
-        return None
-    try:
-        import llama_cpp
-
-        meta = llama_cpp.Llama(str(file), vocab_only=True, verbose=False).metadata
-        return int(meta[f"{meta['general.architecture']}.block_count"])
-    except Exception:  # a split or unreadable file just means "unknown"
-        return None
+    return gguf.block_count(path) if path else None
 
 
 if TYPE_CHECKING:

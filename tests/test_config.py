@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_STUDY, WriteStudy
-from sweeper import studyfile
+from sweeper import config as studyfile
 from sweeper.errors import StudyFileError
 from sweeper.settings import LoadSettings
 
@@ -79,8 +79,8 @@ def test_a_good_file(write_study: WriteStudy, tmp_path: Path) -> None:
     assert config.workloads[0].prompt.startswith("AIでできることを100項目")
     assert config.workloads[0].max_tokens == 16
     assert config.baseline == LoadSettings(context_length=4096, cpu_threads=1)
-    assert config.repeats == 2 and config.warmup == 0
-    assert config.trial_timeout_s == 1800
+    assert config.measure.repeats == 2 and config.measure.warmup == 0
+    assert config.budget.trial_timeout_s == 1800
 
 
 def test_default_workloads_are_the_articles(write_study: WriteStudy) -> None:

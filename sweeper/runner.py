@@ -1,15 +1,16 @@
-"""Runs one trial: load, warm up, repeat every workload, unload.
+"""Running a trial: load, warm up, repeat every workload, unload; in a child process or here.
 
-``run_in_child`` does it in a fresh spawned process (the default): a segfault, an
+``ChildProcessRunner`` does it in a fresh spawned process (the default): a segfault, an
 out-of-memory kill or a hang costs one trial with a named reason, never the sweep, and the
 first-generation-in-a-process slowdown and memory figures stay per trial.
-``run_in_process`` does the same in this process, for backends injected by tests.
+``InProcessRunner`` does the same in this process, for backends injected by tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -21,16 +22,21 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sweeper.backends import Backend, backend_class, create_backend
 from sweeper.errors import TrialFailure
-from sweeper.measure import Adaptive, Run, TrialOutcome, measure_workloads, timed
+from sweeper.measure import Adaptive, measure_workloads, timed
+from sweeper.measurement import TrialOutcome
 from sweeper.memory import gpu_memory_used_mb
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, Workload
 
-#: Progress callback: ("loaded", load_s) or ("run", workload name, run index, Run).
+if TYPE_CHECKING:
+    from sweeper.config import StudyConfig
+
+#: Progress callback: ("loading", fraction), ("loaded", load_s) or
+#: ("run", workload name, run index, Run).
 Progress = Callable[..., None]
 
 _OOM_PATTERNS = re.compile(
@@ -66,12 +72,82 @@ class WorkerSpec:
     adaptive: Adaptive | None = None
 
 
+def worker_spec(
+    config: StudyConfig, host: str | None = None, repeats: int | None = None
+) -> WorkerSpec:
+    """Check the backend and model (before any trial exists) and describe the workers."""
+    target = config.target
+    if host:
+        target = dataclasses.replace(target, host=host)
+    options = backend_class(config.backend).prepare(target)
+    model = options.pop("model")
+    return WorkerSpec(
+        config.backend,
+        model,
+        config.workloads,
+        config.sampling,
+        repeats or config.measure.repeats,
+        config.measure.warmup,
+        tuple(options.items()),
+        memory_limit_mb=config.budget.memory_limit_mb,
+    )
+
+
+class Runner(Protocol):
+    """Measures one configuration and returns what was measured, or raises TrialFailure."""
+
+    def __call__(
+        self,
+        settings: LoadSettings,
+        progress: Progress | None = None,
+        adaptive: Adaptive | None = None,
+    ) -> TrialOutcome: ...
+
+
+@dataclass
+class InProcessRunner:
+    """A trial on a backend object in this process (tests inject the fake backend)."""
+
+    backend: Backend
+    spec: WorkerSpec
+
+    def __call__(
+        self,
+        settings: LoadSettings,
+        progress: Progress | None = None,
+        adaptive: Adaptive | None = None,
+    ) -> TrialOutcome:
+        spec = dataclasses.replace(self.spec, adaptive=adaptive)
+        return measure(self.backend, spec, settings, progress, measures_own_memory=True)
+
+
+@dataclass(frozen=True)
+class ChildProcessRunner:
+    """A trial in a fresh worker process, killed after ``timeout_s``."""
+
+    spec: WorkerSpec
+    timeout_s: float
+
+    def __call__(
+        self,
+        settings: LoadSettings,
+        progress: Progress | None = None,
+        adaptive: Adaptive | None = None,
+    ) -> TrialOutcome:
+        spec = dataclasses.replace(self.spec, adaptive=adaptive)
+        return run_in_child(spec, settings, self.timeout_s, progress)
+
+
 def measure(
-    backend: Backend, spec: WorkerSpec, settings: LoadSettings, progress: Progress | None = None
+    backend: Backend,
+    spec: WorkerSpec,
+    settings: LoadSettings,
+    progress: Progress | None = None,
+    *,
+    measures_own_memory: bool,
 ) -> TrialOutcome:
-    if progress and hasattr(backend, "on_load_progress"):  # backends that report load progress
-        backend.on_load_progress = lambda fraction: progress("loading", fraction)
-    applied, load_s = timed(lambda: backend.load(settings))
+    on_load = (lambda fraction: progress("loading", fraction)) if progress else None
+    applied, load_s = timed(lambda: backend.load(settings, on_load))
     if progress:
         progress("loaded", load_s)
     on_run = (lambda w, i, r: progress("run", w, i, r)) if progress else None
@@ -87,15 +163,9 @@ def measure(
         load_s=load_s,
         workloads=results,
         gen_s=gen_s,
-        peak_rss_mb=_peak_rss_mb() if backend.measures_own_memory else None,
+        peak_rss_mb=_peak_rss_mb() if measures_own_memory else None,
         gpu_mem_mb=gpu_mb,
     )
-
-
-def run_in_process(
-    backend: Backend, spec: WorkerSpec, settings: LoadSettings, progress: Progress | None = None
-) -> TrialOutcome:
-    return measure(backend, spec, settings, progress)
 
 
 def run_in_child(
@@ -166,9 +236,16 @@ def _child_main(
         limit = spec.memory_limit_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        options = {**backend_class(spec.backend).child_options, **dict(spec.options)}
-        with create_backend(spec.backend, spec.model, **options) as backend:
-            outcome = measure(backend, spec, settings, lambda *m: conn.send(m))
+        cls = backend_class(spec.backend)
+        options = {**cls.worker_options, **dict(spec.options)}
+        with create_backend(spec.backend, model=spec.model, **options) as backend:
+            outcome = measure(
+                backend,
+                spec,
+                settings,
+                lambda *m: conn.send(m),
+                measures_own_memory=cls.measures_own_memory,
+            )
         conn.send(("done", outcome))
     except TrialFailure as exc:
         conn.send(("failure", exc.reason, exc.detail))
@@ -250,6 +327,3 @@ def _reap(proc: multiprocessing.process.BaseProcess) -> None:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-__all__ = ["Run", "WorkerError", "WorkerSpec", "measure", "run_in_child", "run_in_process"]

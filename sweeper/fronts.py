@@ -1,0 +1,147 @@
+"""Each workload's view of a study: its points, its Pareto front, and the status summary.
+
+Pure functions over typed trial records (``records.load``); ``cli.py`` formats them. Each
+workload has its own 2-D front (tok/s up, TTFT down) over the trials feasible for it, because
+no setting is fast everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import TrialState
+
+from sweeper import fingerprint, stats
+from sweeper.measurement import Spread
+from sweeper.records import TrialRecord, baseline
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trial as seen from one workload."""
+
+    trial: int
+    settings: dict[str, Any]
+    tok_s: Spread
+    ttft_s: Spread
+    output_tokens: float
+    stop_reasons: list[str]
+    baseline: bool
+    mismatch: dict[str, Any] = field(default_factory=dict)
+    delta_tok_s_pct: float | None = None
+    delta_ttft_pct: float | None = None
+    machine: str | None = None  # fingerprint.short_id of the machine it ran on
+    #: relative change vs the baseline, % (95% bootstrap of the runs; trials measured at
+    #: different times: it says nothing about the machine changing between them)
+    delta_tok_s_ci: stats.Interval | None = None
+    delta_ttft_ci: stats.Interval | None = None
+    output_ratio: float | None = None  # median output / the baseline's
+    divergence: int | None = None  # first character where the output differs from baseline's
+    tag: str | None = None
+    runs_tok_s: list[float] = field(default_factory=list)
+    runs_ttft_s: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["tok_s"], d["ttft_s"] = self.tok_s.to_dict(), self.ttft_s.to_dict()
+        for key in ("delta_tok_s_ci", "delta_ttft_ci"):
+            d[key] = d[key].to_list() if d[key] is not None else None
+        return d
+
+
+def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
+    """Every trial that is feasible for ``workload``, with deltas against the baseline."""
+    base = baseline(recs)
+    ref = base.workloads.get(workload) if base else None
+    out = []
+    for r in recs:
+        data = r.workloads.get(workload)
+        if r.state != TrialState.COMPLETE or data is None or r.infeasible_reason(workload):
+            continue
+        out.append(
+            Point(
+                trial=r.number,
+                settings=r.settings,
+                tok_s=data.tok_s,
+                ttft_s=data.ttft_s,
+                output_tokens=data.output_tokens.median,
+                stop_reasons=data.stop_reasons,
+                baseline=r.is_baseline,
+                mismatch=r.mismatch,
+                delta_tok_s_pct=_pct(data.tok_s.median, ref.tok_s.median) if ref else None,
+                delta_ttft_pct=_pct(data.ttft_s.median, ref.ttft_s.median) if ref else None,
+                machine=fingerprint.short_id(r.machine) if r.machine else None,
+                delta_tok_s_ci=_ci(ref.runs_tok_s, data.runs_tok_s) if ref else None,
+                delta_ttft_ci=_ci(ref.runs_ttft_s, data.runs_ttft_s) if ref else None,
+                output_ratio=data.output_ratio,
+                divergence=data.divergence,
+                tag=r.tag,
+                runs_tok_s=data.runs_tok_s,
+                runs_ttft_s=data.runs_ttft_s,
+            )
+        )
+    return out
+
+
+def dominates(a: Point, b: Point) -> bool:
+    """``a`` is at least as fast and as soon as ``b``, and better on one of them."""
+    at, bt = a.tok_s.median, b.tok_s.median
+    af, bf = a.ttft_s.median, b.ttft_s.median
+    return at >= bt and af <= bf and (at > bt or af < bf)
+
+
+def pareto_front(pts: Sequence[Point]) -> list[Point]:
+    """Points no other point beats on both tok/s (higher) and TTFT (lower); fastest first."""
+    front = [p for p in pts if not any(dominates(q, p) for q in pts)]
+    return sorted(front, key=lambda p: -p.tok_s.median)
+
+
+def status(
+    recs: Sequence[TrialRecord], workloads: Sequence[str], drift_events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    states = Counter(r.state.name.lower() for r in recs)
+    reasons = Counter(
+        reason
+        for r in recs
+        if r.state == TrialState.COMPLETE and (reason := r.infeasible_reason()) is not None
+    )
+    best = {}
+    for w in workloads:
+        pts = points(recs, w)
+        if pts:
+            p = max(pts, key=lambda p: p.tok_s.median)
+            best[w] = {
+                "trial": p.trial,
+                "tok_s": p.tok_s.median,
+                "ttft_s": p.ttft_s.median,
+                "delta_tok_s_pct": p.delta_tok_s_pct,
+            }
+    workers = Counter(str(r.worker or "?") for r in recs)
+    machines = Counter(fingerprint.short_id(r.machine) for r in recs if r.machine)
+    base = baseline(recs)
+    return {
+        "trials": len(recs),
+        "states": dict(states),
+        "complete": states.get("complete", 0),
+        "feasible": states.get("complete", 0) - sum(reasons.values()),
+        "infeasible": dict(reasons),
+        "baseline_trial": base.number if base else None,
+        "best": best,
+        "workers": dict(workers),
+        "drift_events": drift_events,
+        "machines": dict(machines),
+    }
+
+
+def _ci(ref: list[float], runs: list[float]) -> stats.Interval | None:
+    if not ref or not runs:
+        return None
+    d = stats.relative_difference(ref, runs)
+    return stats.Interval(*(round(v * 100, 2) for v in d.to_list()))
+
+
+def _pct(value: float, ref: float) -> float | None:
+    return round((value - ref) / ref * 100, 2) if ref else None

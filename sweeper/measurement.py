@@ -1,0 +1,145 @@
+"""Pure values of a measurement: one generation (``Run``), a workload's repeats, a trial.
+
+Definitions used everywhere in sweeper:
+- time to first token (TTFT): from sending the request to the first generated token, so it
+  includes prompt processing;
+- decode tok/s: (output tokens - 1) / (time of last token - time of first token);
+- output tokens: tokens the model generated, counted one by one (not stream chunks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Run:
+    """One generation of one workload."""
+
+    ttft_s: float
+    decode_tok_s: float
+    output_tokens: int
+    prompt_tokens: int
+    stop_reason: str  # "eos", "max_tokens", "context_length", or a backend's own word
+    total_s: float
+    backend_stats: dict[str, Any] = field(default_factory=dict)
+    #: the generated text (kept for the first measured run only: the divergence check)
+    text: str = ""
+
+    @staticmethod
+    def from_timestamps(
+        start: float,
+        token_times: Sequence[float],
+        prompt_tokens: int,
+        stop_reason: str,
+        end: float,
+        backend_stats: dict[str, Any] | None = None,
+        text: str = "",
+    ) -> Run:
+        """Build a run from the perf_counter() time of the request and of each output token."""
+        n = len(token_times)
+        ttft = token_times[0] - start if n else end - start
+        span = token_times[-1] - token_times[0] if n > 1 else 0.0
+        tok_s = (n - 1) / span if span > 0 else 0.0
+        return Run(
+            ttft_s=ttft,
+            decode_tok_s=tok_s,
+            output_tokens=n,
+            prompt_tokens=prompt_tokens,
+            stop_reason=stop_reason,
+            total_s=end - start,
+            backend_stats=dict(backend_stats or {}),
+            text=text,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored on a trial: everything but the text."""
+        d = dataclasses.asdict(self)
+        del d["text"]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Run:
+        names = {f.name for f in dataclasses.fields(Run)}
+        return Run(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated measurements."""
+
+    median: float
+    min: float
+    max: float
+    q1: float
+    q3: float
+    n: int
+
+    @staticmethod
+    def of(values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("no values")
+        q1, q3 = (
+            statistics.quantiles(values, n=4, method="inclusive")[::2]
+            if len(values) > 1
+            else (values[0], values[0])
+        )
+        return Spread(statistics.median(values), min(values), max(values), q1, q3, len(values))
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Spread:
+        return Spread(d["median"], d["min"], d["max"], d["q1"], d["q3"], int(d["n"]))
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    """All measured runs of one workload in one trial (warm-up kept apart)."""
+
+    name: str
+    max_tokens: int
+    runs: tuple[Run, ...]
+    warmup: tuple[Run, ...] = ()
+
+    @property
+    def tok_s(self) -> Spread:
+        return Spread.of([r.decode_tok_s for r in self.runs])
+
+    @property
+    def ttft_s(self) -> Spread:
+        return Spread.of([r.ttft_s for r in self.runs])
+
+    @property
+    def output_tokens(self) -> Spread:
+        return Spread.of([float(r.output_tokens) for r in self.runs])
+
+    @property
+    def hit_cap(self) -> bool:
+        """Every run stopped at the token cap: a short output is then not the model's choice."""
+        return all(r.output_tokens >= self.max_tokens for r in self.runs)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """Everything a worker measured for one load configuration."""
+
+    applied: dict[str, Any]
+    load_s: float
+    workloads: dict[str, WorkloadResult]
+    gen_s: float
+    peak_rss_mb: float | None = None
+    gpu_mem_mb: float | None = None
+
+
+def divergence(a: str, b: str) -> int:
+    """The index of the first character where two outputs differ (the shorter one's length if
+    one is a prefix of the other). With fixed, greedy sampling, a change here is a change in
+    the numbers the settings produce (K/V quantization, flash attention): a cheap quality hint."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)

@@ -1,0 +1,126 @@
+"""Opening a study's storage: Optuna's RDB storage with heartbeats, the same-study and
+same-machine checks, and storage URLs without their passwords."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
+
+from sweeper import __version__, fingerprint, records
+from sweeper.errors import StorageError
+
+if TYPE_CHECKING:
+    from sweeper.config import StudyConfig
+
+
+def metric_names(workloads: list[str]) -> list[str]:
+    return [m for w in workloads for m in (f"{w}_tok_s", f"{w}_ttft_s")]
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for messages and reports."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we can find; say nothing of it
+        return "<storage URL>"
+
+
+def open_storage(url: str, heartbeat_s: float = 30, grace_s: float = 120) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (kill -9, power cut)
+    is failed after ``grace_s`` by the next worker that asks for a trial, and retried once."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # survive a database restart overnight
+    try:
+        for attempt in range(5):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=max(1, round(heartbeat_s)),
+                    grace_period=max(2, round(grace_s)),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            except sqlalchemy.exc.IntegrityError:
+                # Workers starting together on an empty database race to create the tables
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+        raise AssertionError("unreachable")
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(
+            f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}; "
+            "check the storage URL and that the database server is running"
+        ) from None
+
+
+def open_study(
+    config: StudyConfig, storage_url: str | None = None, *, create: bool = False
+) -> optuna.Study:
+    """Open the study the file describes; create it only when ``create``."""
+    url = storage_url or config.storage
+    if not create and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise StorageError(f"no study yet at {path}; run `sweeper run {config.path}` first")
+    storage = open_storage(url, config.budget.heartbeat_s, config.budget.heartbeat_grace_s)
+    names = metric_names([w.name for w in config.workloads])
+    if create:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            load_if_exists=True,
+            directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] * len(config.workloads),
+        )
+        if not records.study_config(study):
+            study.set_metric_names(names)
+            records.set_study_config(study, config.describe(), __version__)
+    else:
+        try:
+            study = optuna.load_study(study_name=config.name, storage=storage)
+        except KeyError:
+            raise StorageError(
+                f"no study named {config.name!r} in {redact(url)}; "
+                f"run `sweeper run {config.path}` first"
+            ) from None
+    _check_same_study(study, config, names)
+    return study
+
+
+def _check_same_study(study: optuna.Study, config: StudyConfig, names: list[str]) -> None:
+    stored = records.study_config(study)
+    if stored is None:
+        return
+    current = config.describe()
+    changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if changed or study.metric_names != names:
+        raise StorageError(
+            f"study {config.name!r} was created with a different "
+            f"{', '.join(changed) or 'set of workloads'} than {config.path} now has; "
+            "give the study a new name (or restore the file) so that results stay comparable"
+        )
+
+
+def check_machine(study: optuna.Study, machine: dict[str, Any], allow_mixed: bool) -> None:
+    """Refuse a worker whose hardware differs from the study's first, unless allowed:
+    numbers from different machines are not comparable."""
+    first = records.study_machine(study)
+    if first is None:
+        records.set_study_machine(study, machine)
+        return
+    diff = fingerprint.differences(first, machine)
+    if diff and not allow_mixed:
+        raise StorageError(
+            f"this machine differs from the one study {study.study_name!r} started on "
+            f"({'; '.join(diff)}); its numbers would not be comparable. Use a new study name, "
+            "or pass --allow-mixed-hardware to add it anyway (results are then grouped by machine)"
+        )

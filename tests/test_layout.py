@@ -1,0 +1,75 @@
+"""The layout the README's module map describes, kept true: imports point one way, the stored
+trial has one owner, and no module grows past what a newcomer can read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "sweeper"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The sweeper modules a module imports when it is imported (not inside functions, not
+    for type checking only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    known = {module_name(p) for p in MODULES}
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("sweeper"))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweeper"):
+                base = node.module or ""
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in known else base)
+            elif isinstance(node, ast.If | ast.Try):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+
+    visit(tree.body)
+    return found - {module_name(path)}
+
+
+def test_no_import_cycles() -> None:
+    graph = {module_name(p): top_level_imports(p) for p in MODULES}
+    state: dict[str, str] = {}
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                cycle = [*path[path.index(dep) :], dep] if dep in path else [node, dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                walk(dep, [*path, dep])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+
+
+def test_only_records_touches_user_attributes() -> None:
+    users = sorted(
+        str(p.relative_to(PACKAGE)) for p in MODULES if "user_attr" in p.read_text(encoding="utf-8")
+    )
+    assert users == ["records.py"]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_stay_readable(path: Path) -> None:
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= (350 if path.name == "cli.py" else 420), f"{path.name}: {lines} lines"

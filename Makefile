@@ -52,6 +52,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/noise.py
+	$(BIN)/python benchmarks/confirm.py
 
 clean:
 	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -17,14 +18,15 @@ import optuna
 
 from sweeper import compare as comparison
 from sweeper import config as config_file
-from sweeper import export, fronts, records, stats, sweep, terminal
+from sweeper import confirm, export, fingerprint, fronts, records, stats, sweep, terminal
 from sweeper import report as report_mod
 from sweeper.backends import backend_class
+from sweeper.config import StudyConfig
 from sweeper.errors import SweeperError, TrialFailure
 from sweeper.files import write_atomic
 from sweeper.progress import ProgressBar
-from sweeper.recommend import per_workload
-from sweeper.runner import ChildProcessRunner, WorkerError, worker_spec
+from sweeper.recommend import for_study
+from sweeper.runner import ChildProcessRunner, Runner, WorkerError, worker_spec
 from sweeper.storage import open_study, redact
 
 log = logging.getLogger("sweeper")
@@ -67,6 +69,7 @@ def study_command(fn: F) -> F:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+CONFIRM_HELP = "Confirm each recommendation side by side with the baseline at the end."
 LEVELS = click.FloatRange(min=0.5, max=1, max_open=True)
 CONFIG_HELP = "A TOML file of load settings. Repeat; the first is the reference."
 TRIAL_HELP = "The configuration of trial N of the study. Repeatable."
@@ -100,6 +103,7 @@ def cli(verbose: int) -> None:
 @click.option("--timeout", metavar="DURATION", help="Start no new trial after this, e.g. 8h.")
 @host_option
 @click.option("--allow-mixed-hardware", is_flag=True, help="Join a study of another machine.")
+@click.option("--confirm/--no-confirm", "confirm_at_end", default=True, help=CONFIRM_HELP)
 def run(
     study_file: str,
     storage: str | None,
@@ -107,8 +111,9 @@ def run(
     timeout: str | None,
     host: str | None,
     allow_mixed_hardware: bool,
+    confirm_at_end: bool,
 ) -> None:
-    """Run (or resume) the sweep described by STUDY.toml."""
+    """Run (or resume) the sweep described by STUDY.toml, then confirm its recommendations."""
     config = config_file.load(study_file)
     timeout_s = (
         config_file.parse_duration(timeout, "--timeout") if timeout else config.budget.timeout_s
@@ -116,41 +121,97 @@ def run(
     the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware)
     target, url = trials or config.budget.trials, redact(storage or config.storage)
     done = records.complete(study)
+    ran, stopped = 0, None
     if done >= target:
         click.echo(
             f"study {config.name!r} already holds {done} complete trials "
             f"(target {target}); raise --trials to run more",
             err=True,
         )
-        return
-    # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    log.info("run %s: target %d trials, storage %s", config.name, target, url)
-    bar = ProgressBar(config, total=target - done)
-    the_sweep.progress = bar.on_progress
+    else:
+        # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        log.info("run %s: target %d trials, storage %s", config.name, target, url)
+        bar = ProgressBar(config, total=target - done)
+        the_sweep.progress = bar.on_progress
+        try:
+            with sweep.session(config) as signals:
+                ran = the_sweep.run(study, trials, timeout_s, callbacks=[bar.on_trial])
+        except KeyboardInterrupt:
+            stopped = (
+                f"interrupted: the running trial was stopped and will run again on resume; "
+                f"{records.complete(study)} complete trials are stored in {url}; "
+                "run the same command to resume"
+            )
+            auto = confirm_at_end and config.confirm.auto
+            if signals.terminated or not auto or not confirm.pending(study, config):
+                _fail(stopped)
+            click.echo(f"{stopped}; confirming first (Ctrl-C again to skip)", err=True)
+        except WorkerError as exc:
+            bar.close()
+            click.echo(str(exc), err=True)
+            _fail(
+                "internal error in the trial worker (traceback above); the trial is marked "
+                "FAIL and completed trials are kept; please report this"
+            )
+        finally:
+            bar.close()
+    if confirm_at_end and config.confirm.auto:
+        _confirm(
+            study, config, the_sweep.round_runner, None, again=False, machine=the_sweep.machine
+        )
+    if stopped:
+        _fail(stopped)
+    summary = fronts.status(records.load(study), [], [])
+    click.echo(f"ran {ran} trials; {terminal.status_line(summary)}")
+    click.echo(terminal.recommendations_text(for_study(study, config), "  "))
+    click.echo(f"see the fronts with: sweeper pareto {study_file}")
+
+
+def _confirm(
+    study: optuna.Study,
+    config: StudyConfig,
+    runner: Runner,
+    only: str | None,
+    again: bool,
+    machine: dict[str, Any],
+) -> None:
+    def on_round(r: int, label: str) -> None:
+        click.echo(f"confirm round {r + 1}/{config.confirm.rounds}: {label}", err=True)
+
     try:
-        with sweep.session(config):
-            ran = the_sweep.run(study, trials, timeout_s, callbacks=[bar.on_trial])
+        confirm.confirm_study(
+            study, config, runner, only, again, on_round, fingerprint.short_id(machine)
+        )
+    except TrialFailure as exc:
+        _fail(f"confirmation stopped: a configuration could not be measured: {exc}")
     except KeyboardInterrupt:
         _fail(
-            f"interrupted: the running trial was stopped and will run again on resume; "
-            f"{records.complete(study)} complete trials are stored in {url}; "
-            "run the same command to resume"
+            "interrupted during the confirmation: the sweep's trials are stored; "
+            "run `sweeper confirm` to confirm later"
         )
-    except WorkerError as exc:
-        bar.close()
-        click.echo(str(exc), err=True)
-        _fail(
-            "internal error in the trial worker (traceback above); the trial is marked FAIL "
-            "and completed trials are kept; please report this"
+
+
+@cli.command("confirm")
+@study_command
+@click.option("--workload", "-w", metavar="NAME", help="Only this workload.")
+@click.option("--rounds", type=click.IntRange(min=2), help="Most rounds (default: the study's).")
+@host_option
+def confirm_cmd(
+    study_file: str, storage: str | None, workload: str | None, rounds: int | None, host: str | None
+) -> None:
+    """Re-measure each recommendation side by side with the baseline, the only source of a
+    claimed gain."""
+    config = config_file.load(study_file)
+    config.check_workload(workload)
+    if rounds:
+        min_rounds = min(rounds, config.confirm.min_rounds)
+        config = replace(
+            config, confirm=replace(config.confirm, rounds=rounds, min_rounds=min_rounds)
         )
-    finally:
-        bar.close()
-    summary = fronts.status(records.load(study), [w.name for w in config.workloads], [])
-    click.echo(f"ran {ran} trials; {terminal.status_line(summary)}")
-    for name, best in summary["best"].items():
-        click.echo(f"  best {name}: {terminal.best_line(best)}")
-    click.echo(f"see the fronts with: sweeper pareto {study_file}")
+    the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware=True)
+    _confirm(study, config, the_sweep.round_runner, workload, again=True, machine=the_sweep.machine)
+    click.echo(terminal.recommendations_text(for_study(study, config, workload)))
 
 
 @cli.command()
@@ -198,14 +259,7 @@ def compare(
         _fail("interrupted: nothing of a comparison is stored; run it again")
     rows = comparison.analyse(measured, min_effect, level)
     if as_json:
-        doc = {
-            "rounds": repeats,
-            "min_effect": min_effect,
-            "level": level,
-            "configs": [{"label": m.label, "settings": m.settings} for m in measured],
-            "rows": [r.to_dict() for r in rows],
-        }
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(comparison.to_json(measured, rows, min_effect, level), indent=2))
         return
     click.echo(terminal.comparison_tables(rows, measured, repeats, level))
 
@@ -214,16 +268,21 @@ def compare(
 @study_command
 @json_option
 def status(study_file: str, storage: str | None, as_json: bool) -> None:
-    """Trials done, infeasible ones by reason, and the best per workload."""
+    """Trials done, infeasible ones by reason, and the recommendation per workload."""
     config = config_file.load(study_file)
     study = open_study(config, storage)
     names = [w.name for w in config.workloads]
-    summary = {"study": study.study_name}
+    summary: dict[str, Any] = {"study": study.study_name}
     summary |= fronts.status(records.load(study), names, records.drift_events(study))
+    views = for_study(study, config)
+    summary["recommendations"] = {
+        w: v.recommendation.to_dict() for w, v in views.items() if v.recommendation
+    }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(terminal.status_text(summary, redact(storage or config.storage)))
+    click.echo(terminal.recommendations_text(views, "recommended "))
 
 
 @cli.command()
@@ -234,7 +293,7 @@ def pareto(study_file: str, storage: str | None, workload: str | None, as_json: 
     """The non-dominated trials per workload: tok/s up, time to first token down."""
     config = config_file.load(study_file)
     config.check_workload(workload)
-    views = per_workload(records.load(open_study(config, storage)), config, workload)
+    views = for_study(open_study(config, storage), config, workload)
     if as_json:
         click.echo(json.dumps({w: v.to_dict() for w, v in views.items()}, indent=2))
         return
@@ -298,8 +357,11 @@ def export_cmd(
     study = open_study(config, storage)
     if all_dir is not None:
         url = redact(storage or config.storage)
-        for path in export.export_all(study, config, url, Path(all_dir), force):
+        written, skipped = export.export_all(study, config, url, Path(all_dir), force)
+        for path in written:
             click.echo(str(path))
+        for line in skipped:
+            click.echo(line, err=True)
         return
     assert workload is not None
     preset = export.preset_for(study, config, workload)

@@ -33,6 +33,8 @@ METRICS = {
 
 Runner = Callable[[LoadSettings], TrialOutcome]
 OnRound = Callable[[int, str], None]
+#: Called after each round with the results so far and the rounds done: True ends the rounds.
+Stop = Callable[[list["ConfigResult"], int], bool]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class ConfigResult:
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: workload -> metric -> one median per round
     rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: workload -> every stop reason seen; workload -> did each round's runs all hit the cap
+    stop_reasons: dict[str, set[str]] = field(default_factory=dict)
+    hit_cap: dict[str, list[bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,10 @@ def run_rounds(
     rounds: int,
     runner: Runner,
     on_round: OnRound | None = None,
+    stop: Stop | None = None,
 ) -> list[ConfigResult]:
+    """Up to ``rounds`` rounds, each loading every configuration once in a rotating order;
+    ``stop`` may end them early once the answer is clear."""
     results = [ConfigResult(c.label, c.settings.to_dict()) for c in configs]
     for r in range(rounds):
         for i in round_order(len(configs), r):
@@ -135,7 +143,23 @@ def run_rounds(
                     result.rounds.setdefault(w, {}).setdefault(metric, []).append(
                         statistics.median(vals)
                     )
+                result.stop_reasons.setdefault(w, set()).update(x.stop_reason for x in wr.runs)
+                result.hit_cap.setdefault(w, []).append(wr.hit_cap)
+        if stop is not None and stop(results, r + 1):
+            break
     return results
+
+
+def to_json(
+    measured: Sequence[ConfigResult], rows: Sequence[Row], min_effect: float, level: float
+) -> dict[str, Any]:
+    return {
+        "rounds": len(next(iter(measured[0].rounds.values()))["tok_s"]),
+        "min_effect": min_effect,
+        "level": level,
+        "configs": [{"label": m.label, "settings": m.settings} for m in measured],
+        "rows": [r.to_dict() for r in rows],
+    }
 
 
 def round_order(n: int, r: int) -> list[int]:

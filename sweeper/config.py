@@ -64,8 +64,11 @@ class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     target_ci: Annotated[float, Meta(gt=0, lt=1)] = 0.02
     warmup: Annotated[int, Meta(ge=0)] = 1
     min_output_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.9
-    #: re-run the baseline every N trials (int), every so long (a duration), or "off"
+    #: re-run the baseline every so long (a duration) or "off" (never); an integer N (older
+    #: files) means every N trials and no time limit
     drift_check: Positive | str = "1h"
+    #: ...and after at most this many trials, whichever comes first
+    drift_check_trials: Positive = 10
     min_prefix_chars: Annotated[int, Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
@@ -80,13 +83,35 @@ class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         return self.max_repeats or self.repeats
 
     @property
-    def drift_check_trials(self) -> int | None:
-        return self.drift_check if isinstance(self.drift_check, int) else None
+    def recheck_trials(self) -> int | None:
+        """Re-run the baseline after this many trials (None: not by count)."""
+        if self.drift_check == "off":
+            return None
+        return self.drift_check if isinstance(self.drift_check, int) else self.drift_check_trials
 
     @property
-    def drift_check_s(self) -> float | None:
+    def recheck_s(self) -> float | None:
+        """Re-run the baseline after this long (None: not by time)."""
         d = self.drift_check
         return parse_duration(d) if isinstance(d, str) and d != "off" else None
+
+
+class Confirm(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[confirm]``: the recommendation re-measured side by side with the baseline."""
+
+    #: at the end of ``sweeper run`` (and after Ctrl-C once a candidate beat the baseline)
+    auto: bool = True
+    #: the most interleaved rounds (each loads the baseline and every candidate once)
+    rounds: Annotated[int, Meta(ge=2)] = 5
+    #: the earliest round at which a clear verdict ends the confirmation
+    min_rounds: Annotated[int, Meta(ge=2)] = 3
+    #: per workload: the recommended configuration and runner-ups within its noise, at most
+    candidates: Positive = 2
+    level: Annotated[float, Meta(gt=0.5, lt=1)] = 0.95
+
+    def __post_init__(self) -> None:
+        if self.min_rounds > self.rounds:
+            raise ValueError("@min_rounds: must be at most confirm.rounds")
 
 
 class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -120,6 +145,7 @@ class _StudyFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     measure: Measure = msgspec.field(default_factory=Measure)
     sampling: Sampling = msgspec.field(default_factory=Sampling)
     recommend: Rule = msgspec.field(default_factory=Rule)
+    confirm: Confirm = msgspec.field(default_factory=Confirm)
     baseline: dict[str, Any] = msgspec.field(default_factory=dict)
     workloads: list[_WorkloadSpec] = msgspec.field(
         default_factory=lambda: [_WorkloadSpec(name=n) for n in BUILTIN_PROMPTS]
@@ -145,6 +171,7 @@ class StudyConfig:
     budget: Budget
     measure: Measure
     recommend: Rule
+    confirm: Confirm
 
     @property
     def base_dir(self) -> Path:
@@ -237,6 +264,7 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         budget=doc.budget,
         measure=doc.measure,
         recommend=doc.recommend,
+        confirm=doc.confirm,
     )
 
 

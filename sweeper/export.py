@@ -18,7 +18,7 @@ from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.config import StudyConfig
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
-from sweeper.recommend import Recommendation, per_workload
+from sweeper.recommend import KEEP, Recommendation, per_workload
 from sweeper.settings import PARAMS, LoadSettings
 
 FORMATS = ("lmstudio", "model-yaml", "lms", "sdk", "llama-server", "json")
@@ -35,6 +35,11 @@ LMSTUDIO_DEFAULTS_DIR = Path("~/.lmstudio/.internal/user-concrete-model-default-
 
 class ExportError(SweeperError):
     """An export could not be written."""
+
+
+class NothingToExport(ExportError):
+    """The recommendation is to keep the baseline: a preset would change nothing for the
+    better."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,9 @@ class Preset:
 
     def header(self) -> str:
         r = self.recommendation
-        gain = f", {r.gain_text()}" if r.gain_tok_s_pct else ""
         return (
             f"sweeper: study {self.study}, workload {self.workload}, trial {r.point.trial}: "
-            f"{r.point.tok_s.median:.2f} tok/s, TTFT {r.point.ttft_s.median:.3f} s"
-            f"{gain}"
+            f"{r.point.tok_s.median:.2f} tok/s, TTFT {r.point.ttft_s.median:.3f} s; {r.claim()}"
         )
 
 
@@ -194,12 +197,16 @@ def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
 def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Preset:
     """The recommended settings of ``workload``, ready to render."""
     recs = records.load(study)
-    rec = per_workload(recs, config, workload)[workload].recommendation
+    rec = per_workload(recs, config, workload, records.confirmations(study))[
+        workload
+    ].recommendation
     if rec is None:
         raise ExportError(
             f"no feasible trial for workload {workload!r} yet; "
             f"run `sweeper run {config.path}` first"
         )
+    if rec.status == KEEP:
+        raise NothingToExport(f"{workload}: {rec.claim()}; nothing to export")
     layers = config.model_layers or next((r.model_layers for r in recs if r.model_layers), None)
     model = config.model if config.backend != "llama.cpp" else _model_path(config)
     return Preset(config.name, model, config.backend, rec, layers)
@@ -216,15 +223,20 @@ def _model_path(config: StudyConfig) -> str:
 
 def export_all(
     study: optuna.Study, config: StudyConfig, storage: str, out: Path, force: bool
-) -> list[Path]:
-    """Every workload's preset in every format, and the HTML report, into ``out``."""
-    written = []
+) -> tuple[list[Path], list[str]]:
+    """Every workload's preset in every format, and the HTML report, into ``out``; and why a
+    workload has no preset (keep your settings)."""
+    written, skipped = [], []
     for w in config.workloads:
-        preset = preset_for(study, config, w.name)
+        try:
+            preset = preset_for(study, config, w.name)
+        except NothingToExport as exc:
+            skipped.append(str(exc))
+            continue
         for fmt in FORMATS:
             path = out / f"{config.name}-{w.name}{SUFFIX[fmt]}"
             write_atomic(path, RENDER[fmt](preset), force=force)
             written.append(path)
     report_path = out / f"{config.name}-report.html"
     report.write_report(study, config, storage, report_path, force)
-    return [*written, report_path]
+    return [*written, report_path], skipped

@@ -7,6 +7,7 @@ no setting is fast everywhere.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Point:
     tag: str | None = None
     runs_tok_s: list[float] = field(default_factory=list)
     runs_ttft_s: list[float] = field(default_factory=list)
+    #: measured between two baseline runs that disagree (the machine changed under it)
+    unreliable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -56,6 +59,7 @@ def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
     """Every trial that is feasible for ``workload``, with deltas against the baseline."""
     base = baseline(recs)
     ref = base.workloads.get(workload) if base else None
+    shaky = unreliable(recs)
     out = []
     for r in recs:
         data = r.workloads.get(workload)
@@ -81,8 +85,20 @@ def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
                 tag=r.tag,
                 runs_tok_s=data.runs_tok_s,
                 runs_ttft_s=data.runs_ttft_s,
+                unreliable=r.number in shaky,
             )
         )
+    return out
+
+
+def unreliable(recs: Sequence[TrialRecord]) -> set[int]:
+    """Trials measured between two baseline runs that disagree: a baseline re-run that moved
+    beyond its noise makes every trial since the previous one suspect."""
+    anchors = [r for r in recs if r.is_anchor and r.state == TrialState.COMPLETE]
+    out: set[int] = set()
+    for before, check in itertools.pairwise(anchors):
+        if check.drift:
+            out.update(range(before.number + 1, check.number))
     return out
 
 

@@ -143,3 +143,54 @@ def divergence(a: str, b: str) -> int:
     the numbers the settings produce (K/V quantization, flash attention): a cheap quality hint."""
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate's side-by-side measurement against the baseline in a confirmation.
+    Percentages are relative to the baseline, paired by round: [estimate, low, high]."""
+
+    trial: int
+    settings: dict[str, Any]
+    #: "faster", "slower", "no detectable difference" (on expected completion time), or
+    #: "shorter output" (faster, if at all, only because it wrote less)
+    verdict: str
+    completion_pct: list[float]
+    #: the level the completion-time decision was taken at (stricter than the study's when the
+    #: confirmation stopped early or tested several candidates)
+    decision_level: float
+    tok_s_pct: list[float]
+    ttft_pct: list[float]
+    #: the candidate's median output / the baseline's, over the rounds
+    output_ratio: float
+    stop_reasons: list[str]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A workload's recommendation re-measured interleaved with the baseline: the only place a
+    gain is claimed from."""
+
+    workload: str
+    #: when it ran (ISO 8601, local time)
+    when: str
+    rounds: int
+    level: float
+    baseline_settings: dict[str, Any]
+    reference_tokens: float
+    candidates: list[CandidateResult]
+    #: the trial whose gain is confirmed (the fastest "faster" candidate), or None: keep the
+    #: baseline
+    chosen: int | None
+    machine: str | None = None
+
+    def candidate(self, trial: int) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.trial == trial), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Confirmation:
+        fields = {**d, "candidates": [CandidateResult(**c) for c in d["candidates"]]}
+        return Confirmation(**fields)

@@ -1,50 +1,88 @@
-"""The recommended configuration per workload, and its gain over the baseline.
+"""The recommended configuration per workload, and whether its gain over the baseline is
+confirmed.
 
 Rule (default ``completion``): among the trials on the workload's front that meet the study's
 limits, the one with the lowest expected completion time for the workload's reference output,
 TTFT + reference tokens / tok/s (reference tokens: the baseline's median output, else the cap).
 Ties (within 1%) go to the configuration closest to the baseline (fewest settings changed).
-A candidate whose lead over the baseline is within the noise of the repeats (the 95% interval
-of the difference includes zero) is not recommended over the baseline.
 Rule ``weighted``: the highest ``tok_s_weight x tok/s / baseline tok/s -
 ttft_weight x TTFT / baseline TTFT``.
+
+A gain is only claimed from a confirmation (``confirm.py``: the candidate re-measured side by
+side with the baseline). Until then the recommendation is "unconfirmed (measured at different
+times)" and shows no interval; when the confirmation finds no detectable gain, or no candidate
+beat the baseline at all, it is the baseline: "keep your settings".
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sweeper import stats
+import optuna
+
+from sweeper import records, stats
 from sweeper.config import Rule, StudyConfig
 from sweeper.fronts import Point, pareto_front, points
+from sweeper.measurement import CandidateResult, Confirmation
 from sweeper.records import TrialRecord
+
+CONFIRMED, UNCONFIRMED, KEEP = "confirmed", "unconfirmed", "keep"
 
 
 @dataclass(frozen=True)
 class Recommendation:
     workload: str
+    #: the configuration to use: the baseline's when ``status`` is "keep"
     point: Point
     baseline: Point | None
     reference_tokens: float
     expected_s: float
-    #: change against the baseline, %: estimate and 95% interval (bootstrap of the repeats)
-    gain_tok_s_pct: stats.Interval | None
-    gain_ttft_pct: stats.Interval | None
+    #: "confirmed" (a gain measured side by side), "unconfirmed", or "keep" (the baseline)
+    status: str = UNCONFIRMED
+    confirmation: Confirmation | None = None
     note: str | None = None
 
-    def gain_text(self) -> str:
-        """The tok/s change against the baseline, in words ("" without a baseline)."""
-        g = self.gain_tok_s_pct
-        if g is None:
-            return ""
-        return (
-            f"{g.estimate:+.1f}% tok/s vs baseline "
-            f"({stats.LEVEL:.0%} interval {g.low:+.1f}% to {g.high:+.1f}%)"
-        )
+    @property
+    def result(self) -> CandidateResult | None:
+        """The confirmation's measurement of the recommended configuration."""
+        c = self.confirmation
+        return c.candidate(self.point.trial) if c and self.status == CONFIRMED else None
+
+    @property
+    def gain_tok_s_pct(self) -> stats.Interval | None:
+        r = self.result
+        return stats.Interval(*r.tok_s_pct) if r else None
+
+    @property
+    def gain_ttft_pct(self) -> stats.Interval | None:
+        r = self.result
+        return stats.Interval(*r.ttft_pct) if r else None
+
+    def claim(self) -> str:
+        """What may be said about this recommendation against the baseline, in words."""
+        c = self.confirmation
+        if self.status == CONFIRMED and c is not None and (g := self.gain_tok_s_pct):
+            t = self.gain_ttft_pct
+            ttft = f", TTFT {t.estimate:+.1f}% ({t.low:+.1f}% to {t.high:+.1f}%)" if t else ""
+            return (
+                f"{g.estimate:+.1f}% tok/s vs baseline ({c.level:.0%} interval "
+                f"{g.low:+.1f}% to {g.high:+.1f}%){ttft}, confirmed side by side in "
+                f"{c.rounds} interleaved rounds on {_when(c.when)}"
+            )
+        if self.status == KEEP:
+            if c is None:
+                return "keep your settings: no candidate beat them"
+            return (
+                "keep your settings: no candidate beat them by more than the noise "
+                f"({c.rounds} interleaved rounds on {_when(c.when)})"
+            )
+        return "unconfirmed (measured at different times)"
 
     def to_dict(self) -> dict[str, Any]:
+        c = self.confirmation
         return {
             "workload": self.workload,
             "trial": self.point.trial,
@@ -55,10 +93,20 @@ class Recommendation:
             "reference_tokens": self.reference_tokens,
             "expected_completion_s": self.expected_s,
             "baseline_trial": self.baseline.trial if self.baseline else None,
+            "status": self.status,
+            "confirmed": self.status == CONFIRMED,
+            "claim": self.claim(),
+            "rounds": c.rounds if c else None,
+            "confirmed_at": c.when if c and self.status == CONFIRMED else None,
             "gain_tok_s_pct": self.gain_tok_s_pct.to_list() if self.gain_tok_s_pct else None,
             "gain_ttft_pct": self.gain_ttft_pct.to_list() if self.gain_ttft_pct else None,
+            "confirmation": c.to_dict() if c else None,
             "note": self.note,
         }
+
+
+def _when(iso: str) -> str:
+    return datetime.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
 
 
 def expected_completion_s(p: Point, tokens: float) -> float:
@@ -97,43 +145,70 @@ def recommend(
     best_score = min(score(p) for p in front)
     tied = [p for p in front if score(p) - best_score <= abs(best_score) * 0.01 + 1e-12]
     chosen = min(tied, key=lambda p: (changed(p), score(p)))
-    note = None
-    if (
-        base is not None
-        and chosen is not base
-        and not _beats_baseline(chosen, base, reference, rule)
-    ):
-        note = (
-            f"trial {chosen.trial} looked best, but its lead over the baseline is within "
-            "the noise of the repeats: the baseline is kept"
-        )
-        chosen = base
+    keep = base is not None and chosen.settings == base.settings
     return Recommendation(
         workload=workload,
         point=chosen,
         baseline=base,
         reference_tokens=reference,
         expected_s=expected_completion_s(chosen, reference),
-        gain_tok_s_pct=chosen.delta_tok_s_ci,
-        gain_ttft_pct=chosen.delta_ttft_ci,
-        note=note,
+        status=KEEP if keep else UNCONFIRMED,
+        note=_unreliable(chosen),
     )
 
 
-def _beats_baseline(p: Point, base: Point, reference: float, rule: Rule) -> bool:
-    """Is ``p`` better than the baseline by more than the noise, on the rule's own terms?"""
-    if rule.kind == "weighted":
-        tok, ttft = p.delta_tok_s_ci, p.delta_ttft_ci
-        return bool((tok and tok.above_zero()) or (ttft and ttft.below_zero()))
+def settle(
+    rec: Recommendation, pts: Sequence[Point], confirmations: Sequence[Confirmation]
+) -> Recommendation:
+    """The recommendation as the latest confirmation of it says: confirmed (possibly a
+    runner-up that was measured faster), or the baseline kept. A confirmation applies while the
+    recommended configuration is among those it measured against the same baseline."""
+    base = rec.baseline
+    if base is None or rec.status == KEEP:
+        return rec
+    c = next(
+        (
+            c
+            for c in reversed(confirmations)
+            if c.workload == rec.workload
+            and c.baseline_settings == base.settings
+            and any(x.settings == rec.point.settings for x in c.candidates)
+        ),
+        None,
+    )
+    if c is None:
+        return rec
+    chosen = c.candidate(c.chosen) if c.chosen is not None else None
+    point = next((p for p in pts if chosen and p.trial == chosen.trial), None)
+    if chosen is None or point is None:
+        shorter = [x.trial for x in c.candidates if x.verdict == "shorter output"]
+        note = (
+            f"trial {', '.join(map(str, shorter))} was only faster by writing less"
+            if shorter
+            else None
+        )
+        return replace(
+            rec,
+            point=base,
+            status=KEEP,
+            confirmation=c,
+            note=note,
+            expected_s=expected_completion_s(base, rec.reference_tokens),
+        )
+    return replace(
+        rec,
+        point=point,
+        status=CONFIRMED,
+        confirmation=c,
+        expected_s=expected_completion_s(point, rec.reference_tokens),
+        note=None,
+    )
 
-    def completion(tok_s: list[float], ttft: list[float]) -> list[float]:
-        return [f + reference / t for t, f in zip(tok_s, ttft, strict=True) if t > 0]
 
-    a = completion(base.runs_tok_s, base.runs_ttft_s)
-    b = completion(p.runs_tok_s, p.runs_ttft_s)
-    if not a or not b:
-        return False
-    return stats.relative_difference(a, b).below_zero()
+def _unreliable(p: Point) -> str | None:
+    if not p.unreliable:
+        return None
+    return "measured between two baseline runs that disagree: the machine changed under it"
 
 
 def _within(p: Point, rule: Rule) -> bool:
@@ -160,14 +235,29 @@ class WorkloadFront:
 
 
 def per_workload(
-    recs: Sequence[TrialRecord], config: StudyConfig, only: str | None = None
+    recs: Sequence[TrialRecord],
+    config: StudyConfig,
+    only: str | None = None,
+    confirmations: Sequence[Confirmation] = (),
 ) -> dict[str, WorkloadFront]:
-    """Every workload's (or ``only`` one's) front and recommendation."""
+    """Every workload's (or ``only`` one's) front and recommendation, as confirmed."""
     out = {}
     for w in config.workloads:
         if only not in (None, w.name):
             continue
         pts = points(recs, w.name)
         rec = recommend(w.name, pts, w.max_tokens, config.recommend)
+        if rec is not None:
+            rec = settle(rec, pts, confirmations)
+        if rec is not None and rec.status == CONFIRMED:  # measured again: reliable now
+            pts = [replace(p, unreliable=False) if p.trial == rec.point.trial else p for p in pts]
+            rec = replace(rec, point=replace(rec.point, unreliable=False))
         out[w.name] = WorkloadFront(w.name, pts, pareto_front(pts), rec)
     return out
+
+
+def for_study(
+    study: optuna.Study, config: StudyConfig, only: str | None = None
+) -> dict[str, WorkloadFront]:
+    """``per_workload`` over the study's trials and confirmations, as stored."""
+    return per_workload(records.load(study), config, only, records.confirmations(study))

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import FailureReason
-from sweeper.measurement import Run, Spread, WorkloadResult
+from sweeper.measurement import Confirmation, Run, Spread, WorkloadResult
 from sweeper.settings import LoadSettings
 
 
@@ -327,3 +327,13 @@ def drift_events(study: optuna.Study) -> list[dict[str, Any]]:
 
 def add_drift_event(study: optuna.Study, event: dict[str, Any]) -> None:
     study.set_user_attr("drift_events", [*drift_events(study), event])
+
+
+def confirmations(study: optuna.Study) -> list[Confirmation]:
+    """Every confirmation of the study, oldest first."""
+    return [Confirmation.from_dict(d) for d in study.user_attrs.get("confirmations", [])]
+
+
+def add_confirmations(study: optuna.Study, new: Sequence[Confirmation]) -> None:
+    stored = list(study.user_attrs.get("confirmations", []))
+    study.set_user_attr("confirmations", [*stored, *(c.to_dict() for c in new)])

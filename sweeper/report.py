@@ -64,7 +64,7 @@ class ReportData:
 def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
     recs = records.load(study)
     views = []
-    for w, wf in per_workload(recs, config).items():
+    for w, wf in per_workload(recs, config, None, records.confirmations(study)).items():
         pts = wf.points
         infeasible = []
         for r in recs:
@@ -284,7 +284,9 @@ def _front_rows(view: WorkloadView) -> list[dict[str, Any]]:
     mixed = len({p.machine for p in view.points}) > 1  # mixed hardware: say which ran what
     rows = []
     for p in view.front:
-        mark = " (recommended)" if p.trial == rec else ""
+        mark = (" (recommended)" if p.trial == rec else "") + (
+            " (unreliable: the baseline moved around it)" if p.unreliable else ""
+        )
         rows.append(
             {
                 "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}{mark}",
@@ -346,10 +348,12 @@ def render(data: ReportData) -> str:
         parts.append(f"<h2>Workload {html.escape(view.workload)}</h2>")
         r = view.recommendation
         if r is not None:
-            gain = f"; {r.gain_text()}" if r.gain_tok_s_pct else ""
+            note = f" {html.escape(r.note)}." if r.note else ""
             parts.append(
-                f"<p><b>Recommended: trial {r.point.trial}</b>, expected "
-                f"{r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens{gain}.</p>"
+                f'<p class="recommendation {r.status}"><b>Recommended: trial {r.point.trial}'
+                f"{' (the baseline)' if r.point.baseline else ''}</b>, expected "
+                f"{r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens; "
+                f"{html.escape(r.claim())}.{note}</p>"
             )
         parts.append(f'<div class="pareto">{_figure_html(pareto_figure(view))}</div>')
         parts.append("<h3>Pareto front</h3>" + _table(_front_rows(view)))

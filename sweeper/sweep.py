@@ -14,6 +14,7 @@ the sampler learns to avoid them, and a FAIL is reserved for an interrupted tria
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -22,6 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -64,6 +66,8 @@ class Sweep:
         self.storage_url = storage_url
         self.machine = machine or {}
         self.progress = progress
+        #: measures one configuration per confirmation round (every workload once)
+        self.round_runner: Runner = runner
 
     def open(self) -> optuna.Study:
         return storage.open_study(self.config, self.storage_url, create=True)
@@ -133,7 +137,7 @@ class Sweep:
         """Re-run the baseline every so often: if it moved, the machine changed under the
         sweep (heat, background load, another app on the GPU)."""
         m = self.config.measure
-        if m.drift_check_trials is None and m.drift_check_s is None:
+        if m.recheck_trials is None and m.recheck_s is None:
             return
         recs = records.load(study)
         anchors = [r for r in recs if r.is_anchor]
@@ -141,12 +145,11 @@ class Sweep:
             return
         last = anchors[-1]
         since = [r for r in recs if r.number > last.number and r.state.is_finished()]
-        due_by_count = m.drift_check_trials is not None and len(since) >= m.drift_check_trials
+        due_by_count = m.recheck_trials is not None and len(since) >= m.recheck_trials
         due_by_time = (
-            m.drift_check_s is not None
+            m.recheck_s is not None
             and last.datetime_complete is not None
-            and (datetime.datetime.now() - last.datetime_complete).total_seconds()
-            >= m.drift_check_s
+            and (datetime.datetime.now() - last.datetime_complete).total_seconds() >= m.recheck_s
         )
         if due_by_count or due_by_time:
             records.enqueue(study, anchors[0].params, Tag.BASELINE_CHECK)
@@ -326,16 +329,24 @@ def prepare(
     the backend and model, the storage, the study's identity and the machine."""
     spec = worker_spec(config, host)
     machine = fingerprint.machine(config.backend, spec.model)
-    sweep = Sweep(
-        config, ChildProcessRunner(spec, config.budget.trial_timeout_s), storage_url, machine
-    )
+    timeout = config.budget.trial_timeout_s
+    sweep = Sweep(config, ChildProcessRunner(spec, timeout), storage_url, machine)
+    sweep.round_runner = ChildProcessRunner(dataclasses.replace(spec, repeats=1), timeout)
     study = sweep.open()
     storage.check_machine(study, machine, allow_mixed_hardware)
     return sweep, study
 
 
+@dataclass
+class Signals:
+    """How a session was stopped: SIGTERM (a service's Stop, a shutdown) wants no more work;
+    Ctrl-C may still confirm what was found."""
+
+    terminated: bool = False
+
+
 @contextlib.contextmanager
-def session(config: StudyConfig) -> Iterator[None]:
+def session(config: StudyConfig) -> Iterator[Signals]:
     """A sweep's surroundings: every trial's settings, applied config, measurements and
     failures appended to ``<name>.log`` next to the study file, for the morning after; and
     SIGTERM taken as Ctrl-C, so the running trial is stopped and marked the same way."""
@@ -343,17 +354,19 @@ def session(config: StudyConfig) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(message)s"))
     handler.setLevel(logging.INFO)
     log.addHandler(handler)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signals = Signals()
+
+    def terminate(signum: int, frame: object) -> None:
+        signals.terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        yield
+        yield signals
     finally:
         signal.signal(signal.SIGTERM, previous)
         log.removeHandler(handler)
         handler.close()
-
-
-def _sigterm_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _earlier_baseline(trial: optuna.Trial) -> bool:

@@ -50,7 +50,11 @@ def fronts_text(views: Sequence[WorkloadFront], searched: Sequence[str], repeats
             if rec is not None:
                 lines.append(f"* recommended: {recommendation_line(rec)}")
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
+    legend = (
+        "Δ: against the baseline trial, measured at different times (~: within the repeats' "
+        "noise); *: recommended; !: measured between two baseline runs that disagree"
+    )
+    return "\n\n".join([*blocks, legend])
 
 
 def status_line(s: dict[str, Any]) -> str:
@@ -64,8 +68,8 @@ def status_line(s: dict[str, Any]) -> str:
 
 
 def best_line(b: dict[str, Any]) -> str:
-    delta = "" if b["delta_tok_s_pct"] is None else f" ({b['delta_tok_s_pct']:+.1f}% vs baseline)"
-    return f"trial {b['trial']}, {b['tok_s']:.2f} tok/s{delta}, TTFT {b['ttft_s']:.3f} s"
+    """The fastest trial as measured (no gain is claimed here: see the recommendation)."""
+    return f"trial {b['trial']}, {b['tok_s']:.2f} tok/s, TTFT {b['ttft_s']:.3f} s"
 
 
 def drift_line(event: dict[str, Any]) -> str:
@@ -80,14 +84,21 @@ def drift_line(event: dict[str, Any]) -> str:
 
 
 def recommendation_line(r: Recommendation) -> str:
-    line = (
-        f"trial {r.point.trial}, expected {r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens"
-    )
-    if r.gain_tok_s_pct is not None:
-        line += f"; {r.gain_text()}"
+    which = f"trial {r.point.trial}" + (" (the baseline)" if r.point.baseline else "")
+    line = f"{which}, expected {r.expected_s:.2f} s for {r.reference_tokens:.0f} tokens"
+    line += f"; {r.claim()}"
     if r.note:
         line += f"; {r.note}"
     return line
+
+
+def recommendations_text(views: dict[str, WorkloadFront], indent: str = "") -> str:
+    """One line per workload: its recommendation and what may be claimed of it."""
+    return "\n".join(
+        f"{indent}{w}: {recommendation_line(v.recommendation)}"
+        for w, v in views.items()
+        if v.recommendation
+    )
 
 
 def front_table(
@@ -107,6 +118,7 @@ def front_table(
     for p in front:
         row: dict[str, Any] = {
             "trial": f"{p.trial}{' (baseline)' if p.baseline else ''}"
+            + (" !" if p.unreliable else "")
             + (" *" if p.trial == recommended else ""),
             "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
             "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),

@@ -31,7 +31,11 @@ def test_run_status_and_pareto(write_study: WriteStudy) -> None:
     code, out, err = invoke("run", path, "--trials", "3")
     assert code == 0, err
     assert out.startswith("ran 3 trials; 3 trials, 3 complete, 3 feasible\n")
-    assert "best short: trial " in out
+    lines = out.splitlines()
+    assert lines[1].startswith("  short: trial ") and lines[2].startswith("  long: trial ")
+    assert "tok/s vs baseline (95% interval" in lines[1]
+    assert "confirmed side by side in 3 interleaved rounds" in lines[1]  # clear: stopped early
+    assert "confirm round 3/5: " in err and "confirm round 4/5" not in err
 
     code, out, _ = invoke("status", path, "--json")
     assert code == 0
@@ -46,7 +50,10 @@ def test_run_status_and_pareto(write_study: WriteStudy) -> None:
     for doc in fronts.values():
         front = doc["front"]
         assert front and all({"trial", "tok_s", "ttft_s", "settings"} <= set(p) for p in front)
-        assert doc["recommended"]["trial"] in {p["trial"] for p in front}
+        rec = doc["recommended"]
+        assert rec["trial"] in {p["trial"] for p in front}
+        assert (rec["status"], rec["confirmed"], rec["rounds"]) == ("confirmed", True, 3)
+        assert rec["gain_tok_s_pct"][1] > 0  # the fake is deterministic: no doubt
 
     code, out, _ = invoke("pareto", path, "--workload", "long")
     assert code == 0

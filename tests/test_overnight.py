@@ -31,7 +31,7 @@ TINY = (
 @pytest.mark.real
 def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgres_url: str) -> None:
     path = write_study(TINY)
-    args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "12"]
+    args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "12", "--no-confirm"]
     workers = [
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -86,7 +86,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     path = write_study(text)
     storage = f"sqlite:///{path.parent / 'real.db'}"
     proc = subprocess.Popen(
-        [SWEEPER, "run", str(path), "--trials", "4"],
+        [SWEEPER, "run", str(path), "--trials", "4", "--no-confirm"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -120,7 +120,10 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
 
     time.sleep(4)  # past the heartbeat grace period
     result = subprocess.run(
-        [SWEEPER, "run", str(path), "--trials", "4"], capture_output=True, text=True, timeout=300
+        [SWEEPER, "run", str(path), "--trials", "4", "--no-confirm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="real", storage=storage)

@@ -46,8 +46,10 @@ def test_lowest_expected_completion_time_wins(write_study: WriteStudy) -> None:
     assert rec.point.settings["cpu_threads"] == 4
     assert rec.reference_tokens == 16
     assert rec.expected_s == 0.1 + 16 / 20
-    assert rec.gain_tok_s_pct is not None
-    assert rec.gain_tok_s_pct.to_list() == [100.0, 100.0, 100.0]  # 10 -> 20 tok/s, no spread
+    # measured at different times: no gain is claimed until a confirmation
+    assert (rec.status, rec.gain_tok_s_pct) == ("unconfirmed", None)
+    assert rec.claim() == "unconfirmed (measured at different times)"
+    assert rec.point.delta_tok_s_pct == 100.0  # 10 -> 20 tok/s, shown as a delta only
 
 
 def test_limits_exclude_candidates(write_study: WriteStudy) -> None:

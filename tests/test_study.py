@@ -296,6 +296,8 @@ def test_the_baseline_is_rerun_and_drift_is_flagged(write_study: WriteStudy) -> 
     assert events and events[0]["tok_s_change_pct"]["short"][0] == pytest.approx(-20.0)
     assert events[0]["since_trial"] == checks[0]
     assert status(study, ["short", "long"])["drift_events"] == events
+    shaky = {p.trial for p in front_points(study, "short") if p.unreliable}
+    assert shaky == set(range(events[0]["since_trial"] + 1, events[0]["check_trial"]))
 
 
 def test_output_divergence_from_the_baseline_is_measured_and_guarded(

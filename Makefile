@@ -30,7 +30,7 @@ $(ARGS_STAMP): FORCE
 $(STAMP): pyproject.toml $(ARGS_STAMP)
 	$(BIN)/pip install -q --upgrade pip
 	@echo "Installing sweeper and its dependencies (the first llama-cpp-python build takes a few minutes)..."
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,llamacpp]'
 	touch $@
 
 FORCE:
@@ -47,7 +47,9 @@ test: install
 lint: install
 	$(BIN)/ruff check sweeper tests benchmarks
 	$(BIN)/ruff format --check sweeper tests benchmarks
-	$(BIN)/mypy
+	$(BIN)/mypy --platform linux
+	$(BIN)/mypy --platform win32
+	$(BIN)/mypy --platform darwin
 
 bench: install
 	$(BIN)/python benchmarks/threads.py

@@ -70,6 +70,17 @@ class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     #: ...and after at most this many trials, whichever comes first
     drift_check_trials: Positive = 10
     min_prefix_chars: Annotated[int, Meta(ge=0)] = 0
+    #: staged sweep: screen every configuration with cheap probes, measure the finalists in
+    #: full (false: every trial is measured in full)
+    screening: bool = True
+    #: depth probes per screening, spread up to the deepest point a workload reaches
+    depths: Annotated[int, Meta(ge=1, le=16)] = 5
+    #: tokens each probe decodes (also the length of a warm-up run)
+    probe_tokens: Annotated[int, Meta(ge=4)] = 32
+    #: per workload, the screened configurations measured in full: on the screening front and
+    #: within ``promote_margin`` of the best expected completion time, at most this many
+    promote: Positive = 3
+    promote_margin: Annotated[float, Meta(ge=0, lt=1)] = 0.05
 
     def __post_init__(self) -> None:
         if self.max_repeats is not None and self.max_repeats < self.repeats:
@@ -180,7 +191,8 @@ class StudyConfig:
     @property
     def target(self) -> Target:
         """What the backend needs to find the model."""
-        return Target(self.model, self.base_dir, self.host, self.model_layers)
+        used = frozenset(self.space.names() | set(self.baseline.to_dict()))
+        return Target(self.model, self.base_dir, self.host, self.model_layers, used)
 
     def workload(self, name: str) -> Workload:
         return next(w for w in self.workloads if w.name == name)

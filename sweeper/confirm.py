@@ -173,11 +173,11 @@ def decide(
     base_completion = _completion(base, workload, tokens)
     base_output = statistics.median(base.rounds[workload]["output_tokens"])
     out = []
+    level = config.confirm.level
     for p in cands:
         r = by_settings[_key(p.settings)]
-        completion = stats.paired_difference(
-            base_completion, _completion(r, workload, tokens), decision_level
-        )
+        completion_r = _completion(r, workload, tokens)
+        completion = stats.paired_difference(base_completion, completion_r, decision_level)
         output = statistics.median(r.rounds[workload]["output_tokens"])
         ratio = output / base_output if base_output else 1.0
         shorter = ratio < config.measure.min_output_ratio and not all(r.hit_cap[workload])
@@ -189,13 +189,12 @@ def decide(
             verdict = "slower"
         else:
             verdict = "no detectable difference"
-        level = config.confirm.level
         out.append(
             CandidateResult(
                 trial=p.trial,
                 settings=p.settings,
                 verdict=verdict,
-                completion_pct=_pct(completion),
+                completion_pct=_pct(stats.paired_difference(base_completion, completion_r, level)),
                 decision_level=round(decision_level, 6),
                 tok_s_pct=_pct(_paired(base, r, workload, "tok_s", level)),
                 ttft_pct=_pct(_paired(base, r, workload, "ttft_s", level)),

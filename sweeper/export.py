@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from sweeper import records, report
+from sweeper import records, report, system
 from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.config import StudyConfig
 from sweeper.errors import SweeperError
@@ -30,7 +30,6 @@ SUFFIX = {
     "llama-server": ".llama-server.sh",
     "json": ".sweeper.json",
 }
-LMSTUDIO_DEFAULTS_DIR = Path("~/.lmstudio/.internal/user-concrete-model-default-config")
 
 
 class ExportError(SweeperError):
@@ -79,7 +78,8 @@ def lmstudio_json(p: Preset) -> str:
 
 def lmstudio_install_path(model_key: str) -> Path:
     """Where LM Studio reads a model's default load config (internal, undocumented)."""
-    return (LMSTUDIO_DEFAULTS_DIR / f"{model_key}.json").expanduser()
+    defaults = system.lmstudio_home() / ".internal" / "user-concrete-model-default-config"
+    return defaults / f"{model_key}.json"
 
 
 def model_yaml(p: Preset) -> str:

@@ -7,19 +7,19 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from sweeper import system
 
 
 def machine(backend: str, model: str) -> dict[str, Any]:
     return {
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": system.cpu_name(),
         "cores": os.cpu_count(),
-        "ram_gb": _ram_gb(),
-        "gpus": _gpus(),
+        "ram_gb": system.ram_gb(),
+        "gpus": system.gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "backend": backend,
@@ -28,48 +28,6 @@ def machine(backend: str, model: str) -> dict[str, Any]:
         ),
         "model": _model_identity(model),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gb() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def _gpus() -> list[dict[str, str]]:
-    """NVIDIA GPUs by nvidia-smi (name, memory, driver); empty where there is none."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        name, memory, driver = (part.strip() for part in line.split(",", 2))
-        gpus.append({"name": name, "memory": memory, "driver": driver})
-    return gpus
 
 
 def _version(package: str) -> str | None:

@@ -135,7 +135,7 @@ def status(
                 "ttft_s": p.ttft_s.median,
                 "delta_tok_s_pct": p.delta_tok_s_pct,
             }
-    workers = Counter(str(r.worker or "?") for r in recs)
+    workers = Counter(r.worker for r in recs if r.worker)  # a queued trial has none yet
     machines = Counter(fingerprint.short_id(r.machine) for r in recs if r.machine)
     base = baseline(recs)
     return {

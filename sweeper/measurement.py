@@ -126,8 +126,48 @@ class WorkloadResult:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One short generation: decode speed at ``depth`` (the tokens in the context when
+    decoding started, as the engine counted them) and the time to its first token."""
+
+    depth: int
+    ttft_s: float
+    decode_tok_s: float
+    tokens: int
+
+    @staticmethod
+    def of(run: Run) -> Probe:
+        return Probe(run.prompt_tokens, run.ttft_s, run.decode_tok_s, run.output_tokens)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A workload's expected numbers from a screening."""
+
+    ttft_s: float
+    prompt_tokens: int
+    expected_tokens: float
+    #: the expected output over the time its decoding takes
+    mean_tok_s: float
+    completion_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A screening's probes and the estimates made of them."""
+
+    prompts: dict[str, Probe]
+    depths: list[Probe]
+    estimates: dict[str, Estimate]
+
+
+@dataclass(frozen=True)
 class TrialOutcome:
-    """Everything a worker measured for one load configuration."""
+    """Everything a worker measured for one load configuration: the workloads in full, a
+    screening, or both."""
 
     applied: dict[str, Any]
     load_s: float
@@ -135,6 +175,7 @@ class TrialOutcome:
     gen_s: float
     peak_rss_mb: float | None = None
     gpu_mem_mb: float | None = None
+    screen: Screen | None = None
 
 
 def divergence(a: str, b: str) -> int:
@@ -155,9 +196,10 @@ class CandidateResult:
     #: "faster", "slower", "no detectable difference" (on expected completion time), or
     #: "shorter output" (faster, if at all, only because it wrote less)
     verdict: str
+    #: expected completion time (the decision's measure), at the study's level
     completion_pct: list[float]
-    #: the level the completion-time decision was taken at (stricter than the study's when the
-    #: confirmation stopped early or tested several candidates)
+    #: the level the verdict was decided at (stricter than the study's when the confirmation
+    #: looked early or tested several candidates)
     decision_level: float
     tok_s_pct: list[float]
     ttft_pct: list[float]

@@ -64,13 +64,17 @@ class Recommendation:
     def claim(self) -> str:
         """What may be said about this recommendation against the baseline, in words."""
         c = self.confirmation
-        if self.status == CONFIRMED and c is not None and (g := self.gain_tok_s_pct):
-            t = self.gain_ttft_pct
-            ttft = f", TTFT {t.estimate:+.1f}% ({t.low:+.1f}% to {t.high:+.1f}%)" if t else ""
+        r = self.result
+        if self.status == CONFIRMED and c is not None and r is not None:
+
+            def pct(v: list[float]) -> str:
+                return f"{v[0]:+.1f}% ({v[1]:+.1f}% to {v[2]:+.1f}%)"
+
             return (
-                f"{g.estimate:+.1f}% tok/s vs baseline ({c.level:.0%} interval "
-                f"{g.low:+.1f}% to {g.high:+.1f}%){ttft}, confirmed side by side in "
-                f"{c.rounds} interleaved rounds on {_when(c.when)}"
+                f"{pct(r.tok_s_pct)} tok/s vs baseline, TTFT {pct(r.ttft_pct)}, time for "
+                f"{c.reference_tokens:.0f} tokens {pct(r.completion_pct)} "
+                f"({c.level:.0%} intervals), confirmed side by side in {c.rounds} interleaved "
+                f"rounds on {_when(c.when)}"
             )
         if self.status == KEEP:
             if c is None:

@@ -9,13 +9,9 @@ first-generation-in-a-process slowdown and memory figures stay per trial.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import multiprocessing
 import os
 import re
-import resource
-import signal
 import tempfile
 import time
 import traceback
@@ -24,6 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sweeper import system
 from sweeper.backends import Backend, backend_class, create_backend
 from sweeper.errors import TrialFailure
 from sweeper.measure import Adaptive, measure_workloads, timed
@@ -44,9 +41,6 @@ _OOM_PATTERNS = re.compile(
     r"|cudaMalloc failed|ErrorOutOfDeviceMemory|std::bad_alloc",
     re.IGNORECASE,
 )
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class WorkerError(RuntimeError):
@@ -163,7 +157,7 @@ def measure(
         load_s=load_s,
         workloads=results,
         gen_s=gen_s,
-        peak_rss_mb=_peak_rss_mb() if measures_own_memory else None,
+        peak_rss_mb=system.peak_rss_mb() if measures_own_memory else None,
         gpu_mem_mb=gpu_mb,
     )
 
@@ -172,34 +166,22 @@ def run_in_child(
     spec: WorkerSpec, settings: LoadSettings, timeout_s: float, progress: Progress | None = None
 ) -> TrialOutcome:
     """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:
         log_path = f.name
-    proc = ctx.Process(
-        target=_child_main, args=(child, spec, settings, log_path, os.getpid()), daemon=True
-    )
-    # Ctrl-C or SIGTERM while the worker is starting would break its start-up half-way (a
-    # traceback from the child's bootstrap): hold them until it has started. The child
-    # inherits the mask and releases it once its own handlers are in place.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    worker = system.Worker(_child_main, (spec, settings, log_path), spec.memory_limit_mb)
     try:
-        try:
-            proc.start()
-        finally:
-            child.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        worker.start()
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TrialFailure("timeout", f"no result after {timeout_s:.0f} s; worker killed")
-            if parent.poll(min(remaining, 0.5)):
+            if worker.results.poll(min(remaining, 0.5)):
                 try:
-                    message = parent.recv()
+                    message = worker.results.recv()
                 except EOFError:
-                    proc.join(5)
-                    raise _died(proc.exitcode, log_path) from None
+                    worker.process.join(5)
+                    raise _died(worker.process.exitcode, log_path) from None
                 kind = message[0]
                 if kind == "done":
                     outcome: TrialOutcome = message[1]
@@ -210,31 +192,18 @@ def run_in_child(
                     raise WorkerError(message[1])
                 if progress:
                     progress(*message)
-            elif not proc.is_alive():
-                raise _died(proc.exitcode, log_path)
+            elif not worker.process.is_alive():
+                raise _died(worker.process.exitcode, log_path)
     finally:
-        _reap(proc)
-        parent.close()
+        worker.stop()
         with contextlib.suppress(OSError):
             os.unlink(log_path)
 
 
-def _child_main(
-    conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str, parent_pid: int
-) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what to do with the trial.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The parent stops a trial with SIGTERM: unwind, so the backend unloads its model
-    # (LM Studio would otherwise keep it loaded until the next trial cleans up).
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent
-    _die_with_parent(parent_pid)
+def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
     os.close(fd)
-    if spec.memory_limit_mb:
-        limit = spec.memory_limit_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         cls = backend_class(spec.backend)
         options = {**cls.worker_options, **dict(spec.options)}
@@ -255,20 +224,6 @@ def _child_main(
         conn.close()
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILL when the parent dies, even by kill -9, so no orphan keeps
-    generating (and holding the model) after its sweep is gone."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-
 def _classify(reason: str, detail: str, log_path: str) -> tuple[str, str]:
     """A load or generation failure whose log says it ran out of memory is ``oom``."""
     if reason in ("load_failed", "generation_failed", "crashed"):
@@ -280,18 +235,16 @@ def _classify(reason: str, detail: str, log_path: str) -> tuple[str, str]:
 
 def _died(exitcode: int | None, log_path: str) -> TrialFailure:
     line = _oom_line(log_path)
-    if exitcode == -signal.SIGKILL:
+    killed, how = system.exit_description(exitcode)
+    if killed:
         return TrialFailure(
             "oom",
             "worker killed by SIGKILL, most likely by the kernel's out-of-memory killer"
             + (f" ({line})" if line else ""),
         )
     if line:
-        return TrialFailure("oom", f"worker exited with code {exitcode} ({line})")
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        return TrialFailure("crashed", f"worker died from {name}{_tail(log_path)}")
-    return TrialFailure("crashed", f"worker exited with code {exitcode}{_tail(log_path)}")
+        return TrialFailure("oom", f"worker {how} ({line})")
+    return TrialFailure("crashed", f"worker {how}{_tail(log_path)}")
 
 
 def _oom_line(log_path: str) -> str | None:
@@ -312,18 +265,3 @@ def _read(path: str) -> str:
             return f.read()[-65536:]
     except OSError:
         return ""
-
-
-def _reap(proc: multiprocessing.process.BaseProcess) -> None:
-    if proc.pid is None:  # never started
-        return
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(3)
-    if proc.is_alive():
-        proc.kill()
-    proc.join()
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -19,18 +19,16 @@ import datetime
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import fingerprint, records, stats, storage
+from sweeper import fingerprint, records, stats, storage, system
 from sweeper.config import StudyConfig
 from sweeper.errors import FailureReason, TrialFailure
 from sweeper.fronts import pareto_front, points
@@ -337,34 +335,20 @@ def prepare(
     return sweep, study
 
 
-@dataclass
-class Signals:
-    """How a session was stopped: SIGTERM (a service's Stop, a shutdown) wants no more work;
-    Ctrl-C may still confirm what was found."""
-
-    terminated: bool = False
-
-
 @contextlib.contextmanager
-def session(config: StudyConfig) -> Iterator[Signals]:
+def session(config: StudyConfig) -> Iterator[system.Stopping]:
     """A sweep's surroundings: every trial's settings, applied config, measurements and
-    failures appended to ``<name>.log`` next to the study file, for the morning after; and
-    SIGTERM taken as Ctrl-C, so the running trial is stopped and marked the same way."""
+    failures appended to ``<name>.log`` next to the study file, for the morning after; the
+    machine kept awake; and termination taken as Ctrl-C, so the running trial is stopped and
+    marked the same way."""
     handler = logging.FileHandler(config.base_dir / f"{config.name}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(message)s"))
     handler.setLevel(logging.INFO)
     log.addHandler(handler)
-    signals = Signals()
-
-    def terminate(signum: int, frame: object) -> None:
-        signals.terminated = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        yield signals
+        with system.keep_awake(), system.terminate_as_interrupt() as stopping:
+            yield stopping
     finally:
-        signal.signal(signal.SIGTERM, previous)
         log.removeHandler(handler)
         handler.close()
 

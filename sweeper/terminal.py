@@ -51,8 +51,8 @@ def fronts_text(views: Sequence[WorkloadFront], searched: Sequence[str], repeats
                 lines.append(f"* recommended: {recommendation_line(rec)}")
         blocks.append("\n".join(lines))
     legend = (
-        "Δ: against the baseline trial, measured at different times (~: within the repeats' "
-        "noise); *: recommended; !: measured between two baseline runs that disagree"
+        "vs base: against the baseline trial, measured at different times (~: within the "
+        "repeats' noise); *: recommended; !: measured between two baseline runs that disagree"
     )
     return "\n\n".join([*blocks, legend])
 
@@ -123,8 +123,8 @@ def front_table(
             "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
             "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),
             "out tok": f"{p.output_tokens:.0f}",
-            "Δtok/s": noisy(p.delta_tok_s_pct, p.delta_tok_s_ci),
-            "ΔTTFT": noisy(p.delta_ttft_pct, p.delta_ttft_ci),
+            "tok/s vs base": noisy(p.delta_tok_s_pct, p.delta_tok_s_ci),
+            "TTFT vs base": noisy(p.delta_ttft_pct, p.delta_ttft_ci),
             "out/base": "" if p.output_ratio is None else f"{p.output_ratio:.2f}",
             "stop": ",".join(p.stop_reasons),
         }

@@ -33,7 +33,7 @@ def test_run_status_and_pareto(write_study: WriteStudy) -> None:
     assert out.startswith("ran 3 trials; 3 trials, 3 complete, 3 feasible\n")
     lines = out.splitlines()
     assert lines[1].startswith("  short: trial ") and lines[2].startswith("  long: trial ")
-    assert "tok/s vs baseline (95% interval" in lines[1]
+    assert "tok/s vs baseline, TTFT " in lines[1] and "(95% intervals)" in lines[1]
     assert "confirmed side by side in 3 interleaved rounds" in lines[1]  # clear: stopped early
     assert "confirm round 3/5: " in err and "confirm round 4/5" not in err
 

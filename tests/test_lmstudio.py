@@ -315,3 +315,29 @@ def test_a_sweep_goes_on_when_every_socket_drops(model_path: str, write_study: W
     assert code == 0, err
     assert "infeasible: disconnected 2" in out
     assert len(srv.log.loads) == 2  # the second trial reconnected and loaded again
+
+
+def test_an_mlx_model_takes_only_what_the_mlx_engine_takes(
+    model_path: str, write_study: WriteStudy
+) -> None:
+    """LM Studio runs safetensors models on its MLX engine, which silently ignores every
+    llama.cpp load key: a study that sets one is refused before any trial, naming them."""
+    mlx = ServerModel(KEY, model_path, format="safetensors")
+    with LMStudioTestServer([mlx]) as srv:
+        path = write_study(STUDY.format(host=srv.address))
+        code, out, err = run_cli("run", str(path))
+        assert (code, out) == (2, "")
+        assert err == (
+            "error: cpu_threads, flash_attention: LM Studio runs google/gemma-3-270m on its MLX "
+            "engine, which takes no such setting (llama.cpp engine only); remove them from "
+            "the study\n"
+        )
+        only_context = write_study(
+            STUDY.format(host=srv.address)
+            .replace("cpu_threads = 2\nflash_attention = false\n", "")
+            .replace("cpu_threads = [1, 2]\nflash_attention = [false, true]\n", ""),
+            name="ctx.toml",
+        )
+        code, _, err = run_cli("run", str(only_context), "--trials", "1")
+        assert code == 0, err
+        assert fields(srv.log.loads[-1]) == {"llm.load.contextLength": 1024}

@@ -53,6 +53,8 @@ class Target:
     base_dir: Path
     host: str | None = None
     model_layers: int | None = None
+    #: the canonical settings the study sets or searches
+    settings: frozenset[str] = frozenset()
 
 
 class BackendBase:

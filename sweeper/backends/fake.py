@@ -59,7 +59,7 @@ class FakeBackend(BackendBase):
         if self.model == "fake:segfault":
             os.kill(os.getpid(), signal.SIGSEGV)
         elif self.model == "fake:sigkill":
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), 9)  # SIGKILL (TerminateProcess on Windows)
         elif self.model == "fake:hang":
             time.sleep(3600)
         elif self.model == "fake:slow":

@@ -50,8 +50,8 @@ def _llama_cpp() -> Any:
         return importlib.import_module("llama_cpp")
     except ImportError as exc:
         raise BackendUnavailable(
-            "llama-cpp-python is not installed; run `make install` "
-            "(it builds llama.cpp, a few minutes the first time)"
+            "llama-cpp-python is not installed; pip install 'sweeper[llamacpp]' "
+            "(it builds llama.cpp, a few minutes the first time) or run `make install`"
         ) from exc
 
 
@@ -86,7 +86,9 @@ class LlamaCppBackend(BackendBase):
 
     @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:
-        """Resolve the model (a .gguf path, or ``package:NAME`` for a PyPI model package)."""
+        """Resolve the model (a .gguf path, or ``package:NAME`` for a PyPI model package), and
+        check that llama-cpp-python is there before any trial exists."""
+        _llama_cpp()
         return {"model": cls.resolve_model(target.model, target.base_dir)}
 
     @staticmethod

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf
-from sweeper.errors import BackendUnavailable, GenerationError, LoadError, TrialFailure
+from sweeper.errors import (
+    BackendUnavailable,
+    GenerationError,
+    LoadError,
+    StudyFileError,
+    TrialFailure,
+)
 from sweeper.measurement import Run
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
@@ -42,6 +48,9 @@ SDK_KEYS = {
 #: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields under their LM Studio
 #: keys (see load_with_raw_fields).
 RAW_SETTINGS = ("cpu_threads", "physical_batch_size", "cpu_moe_layers")
+#: What LM Studio's MLX engine (Apple Silicon, safetensors models) takes of sweeper's settings;
+#: every ``llm.load.llama.*`` key, the GPU offload ratio and the MoE keys are llama.cpp's only.
+MLX_SETTINGS = frozenset({"context_length"})
 STOP_REASONS = {
     "eosFound": "eos",
     "maxPredictedTokensReached": "max_tokens",
@@ -271,6 +280,15 @@ class LMStudioBackend(BackendBase):
                 f"LM Studio at {host} has no model {model!r}{hint} "
                 f"(download it with `lms get {model}`)"
             )
+        info = keys[model].info
+        if getattr(info, "format", "gguf") == "safetensors":
+            refused = sorted(target.settings - MLX_SETTINGS)
+            if refused:
+                raise StudyFileError(
+                    f"{', '.join(refused)}: LM Studio runs {model} on its MLX engine, which "
+                    "takes no such setting (llama.cpp engine only); remove "
+                    f"{'it' if len(refused) == 1 else 'them'} from the study"
+                )
         n_layers = target.model_layers or _layers_from_gguf(getattr(keys[model], "path", ""))
         return {"model": model, "host": host, "n_layers": n_layers}
 

@@ -79,6 +79,8 @@ class ServerModel:
     path: str
     architecture: str = "gemma3"
     max_context_length: int = 32768
+    #: "gguf" (LM Studio's llama.cpp engine) or "safetensors" (its MLX engine)
+    format: str = "gguf"
 
 
 @dataclass
@@ -272,7 +274,7 @@ class LMStudioTestServer:
         return {
             "type": "llm",
             "modelKey": m.key,
-            "format": "gguf",
+            "format": m.format,
             "displayName": m.key,
             "path": m.path,
             "sizeBytes": Path(m.path).stat().st_size,

@@ -1,0 +1,136 @@
+"""Screening: cheap probes that estimate each workload's completion time at its own depths.
+
+Decode speed is a curve over the depth of the context (the tokens already in it), and
+configurations cross on it: flash attention can be faster on an empty context and slower where
+a long story ends. A full measurement generates every workload to its end, several times; a
+screening instead loads the configuration once and measures:
+
+- each workload's real prompt, generating ``probe_tokens``: its time to first token (prompt
+  processing included) and the decode speed right after it;
+- the decode speed at a few depths up to the deepest point any workload reaches (its prompt and
+  its expected output: the baseline's measured output length, else the cap), each a prompt of
+  real text (the baseline's own output) of that length, generating ``probe_tokens``.
+
+One set of depth probes serves every workload. From the speed-over-depth curve (linear between
+probes, flat beyond them) each workload's expected completion time is TTFT + the time to decode
+its expected output from its prompt's depth on, and its mean decode speed is the expected
+output over that time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sweeper.measurement import Estimate, Probe, Screen
+from sweeper.workloads import Workload
+
+if TYPE_CHECKING:
+    from sweeper.backends import Backend
+    from sweeper.workloads import Sampling
+
+#: Text the depth probes are made of when the baseline has not written any yet.
+FILLER = (
+    "In the city under the lunar dome, the night shift began when the habitat lights dimmed to "
+    "amber. Engineers walked the long corridors between the farms and the reactor, checking "
+    "valves, reading gauges and writing short notes for the morning crew. "
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a workload is expected to produce: its output length (the baseline's median,
+    else the cap) and real text to build probe prompts from."""
+
+    tokens: float
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ScreenPlan:
+    """What a screening measures (picklable: it travels to the worker)."""
+
+    depths: int
+    probe_tokens: int
+    references: dict[str, Reference] = field(default_factory=dict)
+
+
+def depth_targets(shallowest: int, deepest: int, n: int) -> list[int]:
+    """``n`` depths spread from just past the shallowest prompt to the deepest point."""
+    if n <= 0 or deepest <= shallowest:
+        return []
+    step = (deepest - shallowest) / n
+    return [round(shallowest + step * (i + 1)) for i in range(n)]
+
+
+def probe_prompt(text: str, tokens: int, chars_per_token: float) -> str:
+    """Real text of about ``tokens`` tokens (repeated when there is not enough of it)."""
+    text = text.strip() or FILLER
+    want = max(1, int(tokens * chars_per_token))
+    repeats = want // (len(text) + 1) + 1
+    return ((text + " ") * repeats)[:want]
+
+
+def screen(
+    backend: Backend, workloads: Sequence[Workload], sampling: Sampling, plan: ScreenPlan
+) -> Screen:
+    """Probe a loaded model: each workload's prompt, then depths up to the deepest point."""
+    prompts = {
+        w.name: Probe.of(backend.generate(_capped(w, plan.probe_tokens), sampling))
+        for w in workloads
+    }
+    refs = {w.name: plan.references.get(w.name, Reference(float(w.max_tokens))) for w in workloads}
+    deepest = max(prompts[w].depth + refs[w].tokens for w in prompts)
+    shallowest = min(p.depth for p in prompts.values())
+    text = max((r.text for r in refs.values()), key=len, default="") or FILLER
+    # characters per token of this model and text, from the longest reference that says so
+    per_token = 4.0
+    for w in workloads:
+        r = refs[w.name]
+        if r.text and r.tokens:
+            per_token = max(1.0, len(r.text) / r.tokens)
+            break
+    depths = []
+    for target in depth_targets(shallowest, int(deepest), plan.depths):
+        prompt = probe_prompt(text, target - shallowest, per_token)
+        run = backend.generate(Workload("depth", prompt, plan.probe_tokens), sampling)
+        depths.append(Probe.of(run))
+    curve = sorted([*prompts.values(), *depths], key=lambda p: p.depth)
+    estimates = {
+        w.name: estimate(prompts[w.name], curve, refs[w.name].tokens, plan.probe_tokens)
+        for w in workloads
+    }
+    return Screen(prompts, depths, estimates)
+
+
+def estimate(prompt: Probe, curve: Sequence[Probe], tokens: float, probe_tokens: int) -> Estimate:
+    """Expected completion of ``tokens`` output tokens after ``prompt``: its TTFT, then the
+    decode time from the prompt's depth on, read off the speed-over-depth curve (each probe's
+    speed taken at the middle of the tokens it decoded)."""
+    xs = [p.depth + probe_tokens / 2 for p in curve if p.decode_tok_s > 0]
+    ys = [p.decode_tok_s for p in curve if p.decode_tok_s > 0]
+    if not xs:
+        return Estimate(prompt.ttft_s, prompt.depth, tokens, 0.0, float("inf"))
+    seconds, steps = 0.0, max(1, min(64, round(tokens)))
+    width = tokens / steps
+    for i in range(steps):
+        seconds += width / _speed(xs, ys, prompt.depth + width * (i + 0.5))
+    mean = tokens / seconds if seconds > 0 else 0.0
+    return Estimate(prompt.ttft_s, prompt.depth, tokens, mean, prompt.ttft_s + seconds)
+
+
+def _speed(xs: list[float], ys: list[float], depth: float) -> float:
+    """Linear between probes, flat beyond the first and the last."""
+    i = bisect.bisect_left(xs, depth)
+    if i == 0:
+        return ys[0]
+    if i == len(xs):
+        return ys[-1]
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (depth - x0) / (x1 - x0) if x1 > x0 else y1
+
+
+def _capped(w: Workload, tokens: int) -> Workload:
+    return Workload(w.name, w.prompt, min(w.max_tokens, tokens), w.system)

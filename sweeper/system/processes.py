@@ -1,0 +1,284 @@
+"""Every process sweeper starts: trial workers (a Python function in a fresh spawned process)
+and programs (llama-server, sweeps started by the service); each dies with sweeper and is
+stopped gently (a message, SIGTERM, Ctrl-Break) before for good. And the stop signals."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from sweeper.system.machine import cap_memory
+from sweeper.system.windows import job_for
+
+PLATFORM = sys.platform
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+# ---- dying with the parent ------------------------------------------------------------------
+
+
+def die_with_parent(parent_pid: int, platform: str = PLATFORM) -> None:
+    """In a child: make sure it does not outlive ``parent_pid``, even after a kill -9 of the
+    parent, so no orphan keeps generating (and holding the model) after its sweep is gone."""
+    if platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    # macOS, Windows (behind its job object), anything else: watch the parent
+    watch_parent(parent_pid)
+
+
+def watch_parent(
+    parent_pid: int,
+    alive: Callable[[int], bool] | None = None,
+    exit: Callable[[int], None] = os._exit,
+    interval_s: float = 0.5,
+) -> threading.Thread:
+    """A daemon thread that ends this process as soon as ``parent_pid`` is gone."""
+    is_alive = alive or _pid_alive
+
+    def watch() -> None:
+        while is_alive(parent_pid):
+            time.sleep(interval_s)
+        exit(1)
+
+    thread = threading.Thread(target=watch, name="sweeper-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+# ---- signals --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hold_stop_signals() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while a worker starts would break its start-up half-way: hold them
+    until it has started (POSIX; the child inherits the mask and releases it)."""
+    if sys.platform == "win32":
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@dataclass
+class Stopping:
+    """How a session was stopped: by termination (SIGTERM, Ctrl-Break, a service's Stop) or
+    by Ctrl-C (KeyboardInterrupt either way)."""
+
+    terminated: bool = False
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[Stopping]:
+    """SIGTERM (and Ctrl-Break on Windows) raise KeyboardInterrupt like Ctrl-C does, so the
+    running trial is stopped and marked the same way."""
+    stopping = Stopping()
+
+    def terminate(signum: int, frame: object) -> None:
+        stopping.terminated = True
+        raise KeyboardInterrupt
+
+    names = ("SIGTERM", "SIGBREAK") if PLATFORM == "win32" else ("SIGTERM",)
+    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    previous = {s: signal.signal(s, terminate) for s in sigs}
+    try:
+        yield stopping
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def exit_description(exitcode: int | None) -> tuple[bool, str]:
+    """(killed for good, in words) for a child's exit code: on POSIX a negative code is a
+    signal, SIGKILL usually the kernel's out-of-memory killer."""
+    if exitcode is not None and exitcode < 0 and PLATFORM != "win32":
+        name = signal.Signals(-exitcode).name
+        return name == "SIGKILL", f"died from {name}"
+    return False, f"exited with code {exitcode}"
+
+
+# ---- workers (a Python function in a fresh process) -----------------------------------------
+
+
+class Worker:
+    """A supervised child running ``target(results, *args)`` in a fresh spawned process: it
+    dies with sweeper, is capped in memory, and is stopped by a message first."""
+
+    def __init__(
+        self, target: Callable[..., None], args: tuple[Any, ...], memory_limit_mb: int | None = None
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.results, results_w = ctx.Pipe(duplex=False)
+        control_r, self._control = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_worker_main,
+            args=(target, results_w, control_r, os.getpid(), memory_limit_mb, args),
+            daemon=True,
+        )
+        self._ends = (results_w, control_r)
+        self.memory_limit_mb = memory_limit_mb
+
+    def start(self) -> None:
+        with hold_stop_signals():
+            try:
+                self.process.start()
+            finally:
+                for end in self._ends:
+                    end.close()
+        job = job_for(self.memory_limit_mb)
+        if job is not None and self.process.pid is not None:
+            job.assign(self.process.pid)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Ask the worker to stop (it unwinds, so a backend unloads its model), then end it."""
+        proc = self.process
+        if proc.pid is not None and proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self._control.send(("stop",))
+            proc.join(grace_s)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(3)
+            if proc.is_alive():
+                proc.kill()
+        if proc.pid is not None:
+            proc.join()
+        self.results.close()
+        self._control.close()
+
+
+def _worker_main(
+    target: Callable[..., None],
+    results: Connection,
+    control: Connection,
+    parent_pid: int,
+    memory_limit_mb: int | None,
+    args: tuple[Any, ...],
+) -> None:
+    # Ctrl-C reaches the whole process group (or console); the parent decides about the trial
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_stop)
+    if sys.platform != "win32":
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held by the parent
+    die_with_parent(parent_pid)
+    if memory_limit_mb:
+        note = cap_memory(memory_limit_mb)
+        if note:
+            print(f"sweeper: {note}", file=sys.stderr)
+    threading.Thread(target=_listen, args=(control,), daemon=True).start()
+    target(results, *args)
+
+
+def _listen(control: Connection) -> None:
+    """The parent's stop message: unwind the main thread as SIGTERM would, on every platform."""
+    import _thread
+
+    with contextlib.suppress(EOFError, OSError):
+        if control.recv() == ("stop",):
+            _thread.interrupt_main(signal.SIGTERM)
+
+
+def _exit_on_stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# ---- programs (llama-server, sweeps started by the service) ---------------------------------
+
+
+class Program:
+    """An external program started by sweeper: its output goes to a log file, it dies with
+    sweeper, and it is stopped gently (SIGTERM, Ctrl-Break) before for good."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.argv, self.log_path, self.env = argv, log_path, env
+        self.process: subprocess.Popen[bytes] | None = None
+        self._watcher: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            kwargs: dict[str, Any] = {"stdout": out, "stderr": subprocess.STDOUT, "env": self.env}
+            if sys.platform == "win32":
+                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            elif sys.platform == "linux":
+                kwargs["preexec_fn"] = _linux_death_signal
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, **kwargs)
+        job = job_for(None)
+        if job is not None:
+            job.assign(self.process.pid)
+        elif PLATFORM == "darwin":  # no death signal: a watcher ends it when sweeper is gone
+            self._watcher = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sweeper.system.processes",
+                    str(os.getpid()),
+                    str(self.process.pid),
+                ]
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        p = self.process
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(OSError):
+                if sys.platform == "win32":
+                    p.send_signal(signal.CTRL_BREAK_EVENT)
+                else:
+                    p.terminate()
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self._watcher is not None:
+            self._watcher.kill()
+            self._watcher.wait()
+        return p.returncode if p is not None else None
+
+
+def _linux_death_signal() -> None:
+    ctypes.CDLL("libc.so.6").prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _watch_program(parent_pid: int, child_pid: int) -> None:
+    """``python -m sweeper.system PARENT CHILD``: end CHILD once PARENT is gone (macOS)."""
+    import psutil
+
+    while _pid_alive(parent_pid) and _pid_alive(child_pid):
+        time.sleep(0.5)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(child_pid).kill()
+
+
+if __name__ == "__main__":
+    _watch_program(int(sys.argv[1]), int(sys.argv[2]))

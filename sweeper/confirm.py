@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from sweeper import compare, records, stats
+from sweeper import compare, guards, records, stats
 from sweeper.config import StudyConfig
 from sweeper.fronts import Point
 from sweeper.measurement import CandidateResult, Confirmation
@@ -180,8 +180,7 @@ def decide(
         completion = stats.paired_difference(base_completion, completion_r, decision_level)
         output = statistics.median(r.rounds[workload]["output_tokens"])
         ratio = output / base_output if base_output else 1.0
-        shorter = ratio < config.measure.min_output_ratio and not all(r.hit_cap[workload])
-        if shorter:
+        if guards.shorter(ratio, all(r.hit_cap[workload]), config.measure.min_output_ratio):
             verdict = "shorter output"
         elif completion.below_zero() and completion.estimate <= -MIN_EFFECT:
             verdict = "faster"

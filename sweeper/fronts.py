@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from sweeper import fingerprint, stats
 from sweeper.measurement import Spread
-from sweeper.records import TrialRecord, baseline
+from sweeper.records import FULL, SCREEN, TrialRecord, baseline
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Point:
     runs_ttft_s: list[float] = field(default_factory=list)
     #: measured between two baseline runs that disagree (the machine changed under it)
     unreliable: bool = False
+    #: "full" (every workload to its end, repeated) or "screen" (estimated from probes)
+    fidelity: str = FULL
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -55,8 +57,11 @@ class Point:
         return d
 
 
-def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
-    """Every trial that is feasible for ``workload``, with deltas against the baseline."""
+def points(recs: Sequence[TrialRecord], workload: str, fidelity: str = FULL) -> list[Point]:
+    """Every trial measured at ``fidelity`` that is feasible for ``workload``, with deltas
+    against the baseline (answered duplicates are left out: they are their original)."""
+    if fidelity == SCREEN:
+        return _screened(recs, workload)
     base = baseline(recs)
     ref = base.workloads.get(workload) if base else None
     shaky = unreliable(recs)
@@ -64,6 +69,8 @@ def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
     for r in recs:
         data = r.workloads.get(workload)
         if r.state != TrialState.COMPLETE or data is None or r.infeasible_reason(workload):
+            continue
+        if r.duplicate_of is not None:
             continue
         out.append(
             Point(
@@ -86,6 +93,42 @@ def points(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
                 runs_tok_s=data.runs_tok_s,
                 runs_ttft_s=data.runs_ttft_s,
                 unreliable=r.number in shaky,
+            )
+        )
+    return out
+
+
+def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
+    """The screening's estimates as points: expected mean decode tok/s over the workload's
+    length, TTFT of its prompt, the output it is expected to write."""
+    base = baseline(recs)
+    ref = base.estimates.get(workload) if base else None
+    shaky = unreliable(recs)
+    out = []
+    for r in recs:
+        e = r.estimates.get(workload)
+        if r.state != TrialState.COMPLETE or e is None or r.duplicate_of is not None:
+            continue
+        if r.infeasible_reason(workload):
+            continue
+        out.append(
+            Point(
+                trial=r.number,
+                settings=r.settings,
+                tok_s=Spread.of([e.mean_tok_s]),
+                ttft_s=Spread.of([e.ttft_s]),
+                output_tokens=e.expected_tokens,
+                stop_reasons=[],
+                baseline=r.is_baseline,
+                mismatch=r.mismatch,
+                delta_tok_s_pct=_pct(e.mean_tok_s, ref.mean_tok_s) if ref else None,
+                delta_ttft_pct=_pct(e.ttft_s, ref.ttft_s) if ref else None,
+                machine=fingerprint.short_id(r.machine) if r.machine else None,
+                tag=r.tag,
+                runs_tok_s=[e.mean_tok_s],
+                runs_ttft_s=[e.ttft_s],
+                unreliable=r.number in shaky,
+                fidelity=SCREEN,
             )
         )
     return out
@@ -138,8 +181,11 @@ def status(
     workers = Counter(r.worker for r in recs if r.worker)  # a queued trial has none yet
     machines = Counter(fingerprint.short_id(r.machine) for r in recs if r.machine)
     base = baseline(recs)
+    measured = [r for r in recs if r.state == TrialState.COMPLETE and r.duplicate_of is None]
     return {
         "trials": len(recs),
+        "screened": sum(r.fidelity == SCREEN for r in measured),
+        "measured_full": sum(r.fidelity == FULL for r in measured),
         "states": dict(states),
         "complete": states.get("complete", 0),
         "feasible": states.get("complete", 0) - sum(reasons.values()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -54,16 +55,19 @@ def measure_workloads(
     warmup: int,
     on_run: Callable[[str, int, Run], None] | None = None,
     adaptive: Adaptive | None = None,
+    warmup_tokens: int | None = None,
 ) -> dict[str, WorkloadResult]:
-    """Run every workload ``warmup`` times (discarded) then ``repeats`` times on a loaded model,
+    """Run every workload ``warmup`` times (discarded; capped at ``warmup_tokens``: a short
+    generation absorbs a process's one-off costs) then ``repeats`` times on a loaded model,
     and, with ``adaptive``, more times while the result may matter and is still imprecise."""
     results: dict[str, WorkloadResult] = {}
     for w in workloads:
         warm: list[Run] = []
         runs: list[Run] = []
+        short = dataclasses.replace(w, max_tokens=min(w.max_tokens, warmup_tokens or w.max_tokens))
         i = 0
         while i < warmup + repeats or (adaptive and adaptive.more(w.name, runs)):
-            run = backend.generate(w, sampling)
+            run = backend.generate(short if i < warmup else w, sampling)
             (warm if i < warmup else runs).append(run)
             log.debug(
                 "%s run %d: %.1f tok/s, ttft %.3f s, %d tokens",

@@ -17,8 +17,9 @@ from sweeper.measurement import Run
 class ProgressBar:
     """A tqdm bar on stderr: trials done, ETA, what the current trial is doing, best so far."""
 
-    def __init__(self, config: StudyConfig, total: int) -> None:
+    def __init__(self, config: StudyConfig, total: int = 0) -> None:
         self.config = config
+        self.stage_name = ""
         self.bar = tqdm(
             total=total,
             unit="trial",
@@ -28,8 +29,16 @@ class ProgressBar:
         )
         self.best: dict[str, str] = {}
 
+    def stage(self, name: str, total: int) -> None:
+        """A new stage (screening, full measurement): its own count and ETA."""
+        self.stage_name = name
+        self.bar.reset(total=total)
+        self.bar.set_description(name)
+
     def on_progress(self, kind: str, *args: Any) -> None:
-        if kind == "loading":
+        if kind == "screening":
+            self.bar.set_description(f"{self.stage_name}: probing depths")
+        elif kind == "loading":
             self.bar.set_description(f"loading {args[0]:.0%}")
         elif kind == "loaded":
             self.bar.set_description(f"loaded in {args[0]:.1f}s")
@@ -47,7 +56,7 @@ class ProgressBar:
                 p = max(pts, key=lambda p: p.tok_s.median)
                 self.best[w.name] = f"{p.tok_s.median:.1f} tok/s (#{p.trial})"
         reason = records.read(trial).infeasible_reason()
-        self.bar.set_description(f"trial {trial.number} " + (reason or "ok"))
+        self.bar.set_description(f"{self.stage_name} trial {trial.number} " + (reason or "ok"))
         self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
         self.bar.update(1)
 

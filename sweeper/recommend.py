@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -27,7 +27,7 @@ from sweeper import records, stats
 from sweeper.config import Rule, StudyConfig
 from sweeper.fronts import Point, pareto_front, points
 from sweeper.measurement import CandidateResult, Confirmation
-from sweeper.records import TrialRecord
+from sweeper.records import SCREEN, TrialRecord
 
 CONFIRMED, UNCONFIRMED, KEEP = "confirmed", "unconfirmed", "keep"
 
@@ -229,12 +229,20 @@ class WorkloadFront:
     points: list[Point]
     front: list[Point]
     recommendation: Recommendation | None
+    #: the screening's estimates (a staged sweep), and their front
+    screened: list[Point] = field(default_factory=list)
+
+    @property
+    def screened_front(self) -> list[Point]:
+        return pareto_front(self.screened)
 
     def to_dict(self) -> dict[str, Any]:
         rec = self.recommendation
         return {
             "front": [p.to_dict() for p in self.front],
             "recommended": rec.to_dict() if rec else None,
+            "screened": len(self.screened),
+            "screened_front": [p.to_dict() for p in self.screened_front],
         }
 
 
@@ -250,13 +258,19 @@ def per_workload(
         if only not in (None, w.name):
             continue
         pts = points(recs, w.name)
+        screened = points(recs, w.name, SCREEN)
         rec = recommend(w.name, pts, w.max_tokens, config.recommend)
+        if rec is not None and rec.status == KEEP and len(screened) > 1 and len(pts) == 1:
+            # screened, no finalist measured in full yet: the screening's best, said so
+            rec = recommend(w.name, screened, w.max_tokens, config.recommend)
+            if rec is not None and rec.status != KEEP:
+                rec = replace(rec, note="a screening estimate: not measured in full yet")
         if rec is not None:
-            rec = settle(rec, pts, confirmations)
+            rec = settle(rec, [*pts, *screened], confirmations)
         if rec is not None and rec.status == CONFIRMED:  # measured again: reliable now
             pts = [replace(p, unreliable=False) if p.trial == rec.point.trial else p for p in pts]
             rec = replace(rec, point=replace(rec.point, unreliable=False))
-        out[w.name] = WorkloadFront(w.name, pts, pareto_front(pts), rec)
+        out[w.name] = WorkloadFront(w.name, pts, pareto_front(pts), rec, screened)
     return out
 
 

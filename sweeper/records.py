@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import FailureReason
-from sweeper.measurement import Confirmation, Run, Spread, WorkloadResult
+from sweeper.measurement import Confirmation, Estimate, Run, Screen, Spread, WorkloadResult
 from sweeper.settings import LoadSettings
 
 
@@ -29,6 +29,13 @@ class Tag(enum.StrEnum):
     BASELINE_CHECK = "baseline-check"
     #: a second worker's run of the baseline (several workers started together)
     BASELINE_REPEAT = "baseline-repeat"
+    #: a screened configuration promoted to a full measurement
+    FULL = "full"
+
+
+#: How a trial was measured: every workload to its end, repeated ("full", as every trial was
+#: before the staged sweep), or by screening probes at depth ("screen").
+FULL, SCREEN = "full", "screen"
 
 
 #: Per-workload output guards, each a constraint "<guard>:<workload>" on every trial.
@@ -89,6 +96,12 @@ class TrialRecord:
     load_s: float | None
     peak_rss_mb: float | None
     values: list[float] | None = None
+    fidelity: str = FULL
+    #: workload -> the screening's estimate (screened trials, and the baseline)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    #: a proposal of settings already measured at this fidelity: answered from that trial
+    duplicate_of: int | None = None
+    promoted_from: int | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -151,6 +164,10 @@ def read(t: FrozenTrial) -> TrialRecord:
         load_s=a.get("load_s"),
         peak_rss_mb=a.get("peak_rss_mb"),
         values=t.values,
+        fidelity=a.get("fidelity", FULL),
+        estimates={key[2:]: Estimate(**value) for key, value in a.items() if key.startswith("s:")},
+        duplicate_of=a.get("duplicate_of"),
+        promoted_from=a.get("promoted_from"),
     )
 
 
@@ -208,6 +225,11 @@ def enqueue(
 
 def tag_of(trial: optuna.Trial) -> str | None:
     return trial.user_attrs.get("tag")
+
+
+def retry_of(trial: optuna.Trial) -> int | None:
+    value: int | None = trial.user_attrs.get("retry_of")
+    return value
 
 
 def set_tag(trial: optuna.Trial, tag: Tag) -> None:
@@ -287,6 +309,43 @@ def workload(
     trial.set_user_attr(f"output_ratio:{result.name}", round(output_ratio, 4))
     for guard, value in guards.items():
         trial.set_constraint(f"{guard}:{result.name}", value)
+
+
+def guards_clear(trial: optuna.Trial, workloads: Sequence[str]) -> None:
+    """A screened trial writes too little for the output guards: they hold (its finalist's
+    full measurement checks them)."""
+    for w in workloads:
+        for guard in GUARDS:
+            trial.set_constraint(f"{guard}:{w}", 0.0)
+
+
+def fidelity(trial: optuna.Trial, value: str) -> None:
+    trial.set_user_attr("fidelity", value)
+
+
+def screened(trial: optuna.Trial, screen: Screen) -> None:
+    """A screening: each workload's estimate, and the probes it was made of."""
+    for w, e in screen.estimates.items():
+        trial.set_user_attr(f"s:{w}", e.to_dict())
+    trial.set_user_attr(
+        "probes",
+        {
+            "prompts": {w: p.__dict__ for w, p in screen.prompts.items()},
+            "depths": [p.__dict__ for p in screen.depths],
+        },
+    )
+
+
+def duplicate(trial: optuna.Trial, source: TrialRecord) -> None:
+    """Settings measured before at this fidelity: the trial is answered from ``source``
+    (its values and constraints), nothing is measured again."""
+    trial.set_user_attr("duplicate_of", source.number)
+    trial.set_user_attr("fidelity", source.fidelity)
+    if source.failure_reason:
+        trial.set_user_attr("failure_reason", source.failure_reason)
+        trial.set_user_attr("failure_detail", f"as trial {source.number}: {source.failure_detail}")
+    for key, value in source.constraints.items():
+        trial.set_constraint(key, value)
 
 
 def flagged(trial: optuna.Trial, reason: FailureReason, detail: str) -> None:

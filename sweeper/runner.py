@@ -20,20 +20,21 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sweeper import system
+from sweeper import screening, system
 from sweeper.backends import Backend, backend_class, create_backend
 from sweeper.errors import TrialFailure
 from sweeper.measure import Adaptive, measure_workloads, timed
-from sweeper.measurement import TrialOutcome
+from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.memory import gpu_memory_used_mb
+from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, Workload
 
 if TYPE_CHECKING:
     from sweeper.config import StudyConfig
 
-#: Progress callback: ("loading", fraction), ("loaded", load_s) or
-#: ("run", workload name, run index, Run).
+#: Progress callback: ("loading", fraction), ("loaded", load_s), ("run", workload name, run
+#: index, Run) or ("screening",).
 Progress = Callable[..., None]
 
 _OOM_PATTERNS = re.compile(
@@ -62,8 +63,21 @@ class WorkerSpec:
     #: Address-space cap for the worker (RLIMIT_AS), so a runaway allocation fails fast with
     #: "out of memory" instead of swapping the machine or waking the kernel's OOM killer.
     memory_limit_mb: int | None = None
-    #: extra repeats near the front (None: exactly ``repeats``)
+    #: tokens of a warm-up run (None: the workload's own cap)
+    warmup_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial measures: the workloads in full (warm-up, repeats, adaptively more near
+    a front), a screening (probes at depth), or both (the baseline)."""
+
+    full: bool = True
     adaptive: Adaptive | None = None
+    screen: ScreenPlan | None = None
+
+
+FULL = TrialPlan()
 
 
 def worker_spec(
@@ -84,6 +98,7 @@ def worker_spec(
         config.measure.warmup,
         tuple(options.items()),
         memory_limit_mb=config.budget.memory_limit_mb,
+        warmup_tokens=config.measure.probe_tokens,
     )
 
 
@@ -91,10 +106,7 @@ class Runner(Protocol):
     """Measures one configuration and returns what was measured, or raises TrialFailure."""
 
     def __call__(
-        self,
-        settings: LoadSettings,
-        progress: Progress | None = None,
-        adaptive: Adaptive | None = None,
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
     ) -> TrialOutcome: ...
 
 
@@ -106,13 +118,9 @@ class InProcessRunner:
     spec: WorkerSpec
 
     def __call__(
-        self,
-        settings: LoadSettings,
-        progress: Progress | None = None,
-        adaptive: Adaptive | None = None,
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
     ) -> TrialOutcome:
-        spec = dataclasses.replace(self.spec, adaptive=adaptive)
-        return measure(self.backend, spec, settings, progress, measures_own_memory=True)
+        return measure(self.backend, self.spec, settings, progress, plan, measures_own_memory=True)
 
 
 @dataclass(frozen=True)
@@ -123,13 +131,9 @@ class ChildProcessRunner:
     timeout_s: float
 
     def __call__(
-        self,
-        settings: LoadSettings,
-        progress: Progress | None = None,
-        adaptive: Adaptive | None = None,
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
     ) -> TrialOutcome:
-        spec = dataclasses.replace(self.spec, adaptive=adaptive)
-        return run_in_child(spec, settings, self.timeout_s, progress)
+        return run_in_child(self.spec, settings, self.timeout_s, progress, plan)
 
 
 def measure(
@@ -137,6 +141,7 @@ def measure(
     spec: WorkerSpec,
     settings: LoadSettings,
     progress: Progress | None = None,
+    plan: TrialPlan = FULL,
     *,
     measures_own_memory: bool,
 ) -> TrialOutcome:
@@ -146,9 +151,31 @@ def measure(
         progress("loaded", load_s)
     on_run = (lambda w, i, r: progress("run", w, i, r)) if progress else None
     gen_start = time.perf_counter()
-    results = measure_workloads(
-        backend, spec.workloads, spec.sampling, spec.repeats, spec.warmup, on_run, spec.adaptive
-    )
+    results = {}
+    if plan.full:
+        results = measure_workloads(
+            backend,
+            spec.workloads,
+            spec.sampling,
+            spec.repeats,
+            spec.warmup,
+            on_run,
+            plan.adaptive,
+            spec.warmup_tokens,
+        )
+    screen = None
+    if plan.screen is not None:
+        if progress:
+            progress("screening")
+        the_plan = plan.screen
+        if results:  # the baseline: its own output is what the others are expected to write
+            the_plan = dataclasses.replace(the_plan, references=references(results))
+        elif spec.warmup:  # the first generation in a process pays one-off costs
+            first = spec.workloads[0]
+            backend.generate(
+                dataclasses.replace(first, max_tokens=the_plan.probe_tokens), spec.sampling
+            )
+        screen = screening.screen(backend, spec.workloads, spec.sampling, the_plan)
     gen_s = time.perf_counter() - gen_start
     gpu_mb = gpu_memory_used_mb()
     backend.unload()
@@ -159,16 +186,26 @@ def measure(
         gen_s=gen_s,
         peak_rss_mb=system.peak_rss_mb() if measures_own_memory else None,
         gpu_mem_mb=gpu_mb,
+        screen=screen,
     )
 
 
+def references(results: dict[str, WorkloadResult]) -> dict[str, Reference]:
+    """Each workload's measured output length and text: what depth probes are made of."""
+    return {w: Reference(r.output_tokens.median, r.runs[0].text) for w, r in results.items()}
+
+
 def run_in_child(
-    spec: WorkerSpec, settings: LoadSettings, timeout_s: float, progress: Progress | None = None
+    spec: WorkerSpec,
+    settings: LoadSettings,
+    timeout_s: float,
+    progress: Progress | None = None,
+    plan: TrialPlan = FULL,
 ) -> TrialOutcome:
     """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
     with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:
         log_path = f.name
-    worker = system.Worker(_child_main, (spec, settings, log_path), spec.memory_limit_mb)
+    worker = system.Worker(_child_main, (spec, settings, plan, log_path), spec.memory_limit_mb)
     try:
         worker.start()
         deadline = time.monotonic() + timeout_s
@@ -200,7 +237,9 @@ def run_in_child(
             os.unlink(log_path)
 
 
-def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_path: str) -> None:
+def _child_main(
+    conn: Connection, spec: WorkerSpec, settings: LoadSettings, plan: TrialPlan, log_path: str
+) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)  # llama.cpp logs to stderr; kept to name failures, not shown
     os.close(fd)
@@ -213,6 +252,7 @@ def _child_main(conn: Connection, spec: WorkerSpec, settings: LoadSettings, log_
                 spec,
                 settings,
                 lambda *m: conn.send(m),
+                plan,
                 measures_own_memory=cls.measures_own_memory,
             )
         conn.send(("done", outcome))

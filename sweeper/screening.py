@@ -95,8 +95,10 @@ def screen(
     depths = []
     for target in depth_targets(shallowest, int(deepest), plan.depths):
         prompt = probe_prompt(text, target - shallowest, per_token)
-        run = backend.generate(Workload("depth", prompt, plan.probe_tokens), sampling)
-        depths.append(Probe.of(run))
+        probe = Probe.of(backend.generate(Workload("depth", prompt, plan.probe_tokens), sampling))
+        depths.append(probe)
+        if probe.depth > shallowest:  # the engine counted the tokens: size the next ones by it
+            per_token = len(prompt) / (probe.depth - shallowest)
     curve = sorted([*prompts.values(), *depths], key=lambda p: p.depth)
     estimates = {
         w.name: estimate(prompts[w.name], curve, refs[w.name].tokens, plan.probe_tokens)

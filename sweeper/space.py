@@ -38,6 +38,29 @@ class Dimension:
             self.low, self.high, log=self.log, step=self.step
         )
 
+    def values(self) -> list[Any]:
+        """Every value it takes (a space of choices, or a stepped range)."""
+        if self.choices is not None:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        n = self.count()
+        if n is None:
+            raise ValueError(f"{self.name}: a continuous range has no list of values")
+        step = self.step or 1
+        kind = int if PARAMS[self.name].type is int else float
+        return [kind(round(self.low + i * step, 6)) for i in range(n)]
+
+    def count(self) -> int | None:
+        """How many values it takes (None: a continuous range)."""
+        if self.choices is not None:
+            return len(self.choices)
+        assert self.low is not None and self.high is not None
+        if PARAMS[self.name].type is int:
+            return int((self.high - self.low) // (self.step or 1)) + 1
+        if self.step is not None:
+            return round((self.high - self.low) / self.step) + 1
+        return None
+
     def contains(self, value: Any) -> bool:
         dist = self.distribution()
         try:
@@ -76,6 +99,46 @@ class SearchSpace:
                 "or a range, e.g. cpu_threads = [1, 2]"
             )
         return SearchSpace(dims, LoadSettings.from_dict(fixed, where))
+
+    def size(self) -> int | None:
+        """How many configurations the space holds (None: a continuous range). Quantized V
+        cache types only count with flash attention on, as they are only searched then."""
+        total = 1
+        for name, dim in self.dimensions.items():
+            n = dim.count()
+            if n is None:
+                return None
+            if name != "v_cache_type":
+                total *= n
+        v = self.dimensions.get("v_cache_type")
+        if v is not None and v.choices is not None:
+            fa = self.dimensions.get("flash_attention")
+            on = sum(c is True for c in fa.choices) if fa and fa.choices else 0
+            off = (len(fa.choices) - on) if fa and fa.choices else 1
+            if fa is not None:
+                total //= len(fa.choices or (None,))
+            quantized = sum(c not in UNQUANTIZED_CACHE_TYPES for c in v.choices)
+            total *= on * len(v.choices) + off * (len(v.choices) - quantized or 1)
+        return total
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every configuration of a space of choices (and stepped ranges), as trial parameters;
+        quantized V cache types only with flash attention on, as ``suggest`` searches them."""
+        combos: list[dict[str, Any]] = [{}]
+        for name in ORDER:
+            dim = self.dimensions.get(name)
+            if dim is None:
+                continue
+            values = dim.values()
+            out = []
+            fixed = self.fixed.to_dict()
+            for c in combos:
+                if name == "v_cache_type" and {**fixed, **c}.get("flash_attention") is not True:
+                    out.append(c)  # f16 without flash attention: not a parameter
+                    continue
+                out.extend({**c, name: v} for v in values)
+            combos = out
+        return combos
 
     def names(self) -> set[str]:
         return set(self.dimensions) | set(self.fixed.to_dict())

@@ -28,21 +28,20 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import fingerprint, records, stats, storage, system
+from sweeper import fingerprint, guards, records, schedule, storage, system
 from sweeper.config import StudyConfig
 from sweeper.errors import FailureReason, TrialFailure
 from sweeper.fronts import pareto_front, points
 from sweeper.measure import Adaptive
-from sweeper.measurement import TrialOutcome, divergence
-from sweeper.records import Tag
-from sweeper.runner import ChildProcessRunner, Progress, Runner, worker_spec
+from sweeper.measurement import TrialOutcome
+from sweeper.records import FULL, SCREEN, Tag
+from sweeper.runner import ChildProcessRunner, Progress, Runner, TrialPlan, worker_spec
+from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings, invalid_combination
 
 log = logging.getLogger("sweeper")
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
-#: A baseline re-run this much slower or faster (and outside the noise) is drift.
-DRIFT_MIN = 0.03
 WORST_TOK_S = 0.0
 WORST_TTFT_S = 3600.0
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -66,6 +65,8 @@ class Sweep:
         self.progress = progress
         #: measures one configuration per confirmation round (every workload once)
         self.round_runner: Runner = runner
+        #: told when a stage starts: ("screening" | "measuring" | "full measurement", trials)
+        self.on_stage: Callable[[str, int], None] | None = None
 
     def open(self) -> optuna.Study:
         return storage.open_study(self.config, self.storage_url, create=True)
@@ -77,28 +78,79 @@ class Sweep:
         timeout_s: float | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> int:
-        """Run until the study holds ``trials`` complete trials; return how many ran now."""
+        """Stage 1: run until the study holds ``trials`` complete trials, each screened (or,
+        without screening, measured in full), leaving time for stage 2 within ``timeout_s``.
+        Stage 2 (screening): the finalists measured in full. Returns how many trials ran."""
         target = trials or self.config.budget.trials
         before = len(study.get_trials(deepcopy=False, states=_FINISHED))
         self._enqueue_baseline(study)
         self._enqueue_retries(study)
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        if done >= target:
-            return 0
-        study.sampler = self._sampler(study, target)
-        study.optimize(
-            self.objective,
-            n_trials=target - done,
-            timeout=timeout_s,
-            # Running trials count too: with several workers on one study, a worker does not
-            # start a trial that other workers' running trials already make unnecessary.
-            callbacks=[
-                MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.RUNNING)),
-                self._enqueue_drift_check,
-                *callbacks,
-            ],
-        )
+        recs = records.load(study)
+        promoted = sum(r.tag == Tag.FULL and r.state == TrialState.COMPLETE for r in recs)
+        done = sum(r.state == TrialState.COMPLETE for r in recs) - promoted
+        screening = self.config.measure.screening
+        if done < target:
+            study.sampler = self._sampler(study, target)
+            todo = target - done
+            grid = self._enumerate(study, target)
+            if grid is not None:  # a space small enough to enumerate: every configuration once
+                todo = min(todo, grid)
+            if self.on_stage:
+                self.on_stage("screening" if screening else "measuring", todo)
+            start = time.monotonic()
+            study.optimize(
+                self.objective,
+                n_trials=todo,
+                # Running trials count too: with several workers on one study, a worker does
+                # not start a trial that other workers' running trials already make unneeded.
+                callbacks=[
+                    MaxTrialsCallback(
+                        target + promoted, states=(TrialState.COMPLETE, TrialState.RUNNING)
+                    ),
+                    self._enqueue_drift_check,
+                    self._deadline(start, timeout_s),
+                    *callbacks,
+                ],
+            )
+        if screening:
+            finalists = self._promote(study)
+            if finalists:
+                if self.on_stage:
+                    self.on_stage("full measurement", finalists)
+                study.optimize(self.objective, n_trials=finalists, callbacks=list(callbacks))
         return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
+
+    def _deadline(self, start: float, timeout_s: float | None) -> Callback:
+        """Stop sampling when what is left of ``timeout_s`` is only enough for the finalists
+        and the confirmation (the plan's reserve, from the baseline's measured speeds)."""
+
+        def check(study: optuna.Study, trial: FrozenTrial) -> None:
+            reserve = schedule.reserve_s(self.config, records.load(study))
+            if timeout_s is not None and time.monotonic() - start + reserve >= timeout_s:
+                study.stop()
+
+        return check
+
+    def _promote(self, study: optuna.Study) -> int:
+        """Queue the screening's finalists for a full measurement; how many trials wait."""
+        for r in schedule.finalists(self.config, records.load(study)):
+            records.enqueue(study, r.params, Tag.FULL, promoted_from=r.number)
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _enumerate(self, study: optuna.Study, target: int) -> int | None:
+        """When every configuration fits the budget, queue each one not yet queued or measured
+        (instead of sampling, which would propose some twice and miss others); returns how
+        many trials wait, or None for a space to sample."""
+        space = self.config.space
+        size = space.size()
+        if size is None or size >= target:
+            return None
+        recs = records.load(study)
+        known = [r.params for r in recs]
+        for params in space.grid():
+            if params not in known:
+                records.enqueue(study, params)
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     def _sampler(self, study: optuna.Study, target: int) -> optuna.samplers.BaseSampler:
         # A resumed run must not replay the first run's random start-up proposals: the seed
@@ -109,15 +161,9 @@ class Sweep:
         )
 
     def _enqueue_baseline(self, study: optuna.Study) -> None:
-        if any(r.tag == Tag.BASELINE for r in records.load(study)):
-            return
-        dims = self.config.space.dimensions
-        params = {
-            name: value
-            for name, value in self.config.baseline.to_dict().items()
-            if name in dims and dims[name].contains(value)
-        }
-        records.enqueue(study, params, Tag.BASELINE)
+        params = schedule.baseline_params(self.config, records.load(study))
+        if params is not None:
+            records.enqueue(study, params, Tag.BASELINE)
 
     def _adaptive(self, study: optuna.Study) -> Adaptive | None:
         """Extra repeats for trials near a workload's current front (see measure.Adaptive)."""
@@ -134,36 +180,18 @@ class Sweep:
     def _enqueue_drift_check(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Re-run the baseline every so often: if it moved, the machine changed under the
         sweep (heat, background load, another app on the GPU)."""
-        m = self.config.measure
-        if m.recheck_trials is None and m.recheck_s is None:
-            return
-        recs = records.load(study)
-        anchors = [r for r in recs if r.is_anchor]
-        if not anchors or any(r.state == TrialState.WAITING for r in anchors):
-            return
-        last = anchors[-1]
-        since = [r for r in recs if r.number > last.number and r.state.is_finished()]
-        due_by_count = m.recheck_trials is not None and len(since) >= m.recheck_trials
-        due_by_time = (
-            m.recheck_s is not None
-            and last.datetime_complete is not None
-            and (datetime.datetime.now() - last.datetime_complete).total_seconds() >= m.recheck_s
+        params = schedule.recheck_due(
+            records.load(study), self.config.measure, datetime.datetime.now()
         )
-        if due_by_count or due_by_time:
-            records.enqueue(study, anchors[0].params, Tag.BASELINE_CHECK)
+        if params is not None:
+            records.enqueue(study, params, Tag.BASELINE_CHECK)
 
     def _check_drift(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         recs = records.load(trial.study)
         base = records.baseline(recs)
         if base is None:
             return
-        moved = {}
-        for w, result in outcome.workloads.items():
-            ref = base.workloads[w].runs_tok_s
-            now = [r.decode_tok_s for r in result.runs]
-            diff = stats.relative_difference(ref, now)
-            if diff.excludes_zero() and abs(diff.estimate) >= DRIFT_MIN:
-                moved[w] = [round(v * 100, 2) for v in diff.to_list()]
+        moved = schedule.drift(base, outcome)
         records.drift(trial, moved)
         if not moved:
             return
@@ -181,15 +209,8 @@ class Sweep:
 
     def _enqueue_retries(self, study: optuna.Study) -> None:
         """Trials interrupted by Ctrl-C run again, once, when the sweep resumes."""
-        recs = records.load(study)
-        retried = {r.retry_of for r in recs}
-        for r in recs:
-            if (
-                r.state == TrialState.FAIL
-                and r.number not in retried
-                and r.failure_reason == FailureReason.INTERRUPTED
-            ):
-                records.enqueue(study, r.params, r.tag, retry_of=r.number)
+        for r in schedule.retries(records.load(study)):
+            records.enqueue(study, r.params, r.tag, retry_of=r.number)
 
     def objective(self, trial: optuna.Trial) -> list[float]:
         try:
@@ -202,25 +223,54 @@ class Sweep:
     def _objective(self, trial: optuna.Trial) -> list[float]:
         cfg = self.config
         tag = records.tag_of(trial)
-        is_baseline = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
+        is_anchor = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
         if tag == Tag.BASELINE and _earlier_baseline(trial):
             # Two workers starting together may both enqueue the baseline: the second run
             # of it is kept as a repeat measurement, under its own tag.
             records.set_tag(trial, Tag.BASELINE_REPEAT)
-        settings = cfg.space.suggest(trial, cfg.baseline if is_baseline else None)
+        settings = cfg.space.suggest(trial, cfg.baseline if is_anchor else None)
         records.start(trial, settings, f"{socket.gethostname()}:{os.getpid()}", self.machine)
         log.info("trial %d start: %s", trial.number, json.dumps(settings.to_dict()))
         start = time.perf_counter()
         why = invalid_combination(settings)
         if why:
             return self._infeasible(trial, FailureReason.INVALID_COMBINATION, why)
+        screening = cfg.measure.screening
+        full = not screening or tag is not None  # the baseline, its re-runs, the finalists
+        fidelity = FULL if full else SCREEN
+        if tag is None and records.retry_of(trial) is None:
+            recs = records.load(trial.study)
+            source = schedule.measured_before(recs, trial.number, settings, fidelity)
+            if source is not None and source.values is not None:
+                log.info("trial %d: measured as trial %d already", trial.number, source.number)
+                records.duplicate(trial, source)
+                return list(source.values)
+        records.fidelity(trial, fidelity)
+        the_plan = TrialPlan(
+            full=full,
+            adaptive=self._adaptive(trial.study) if full else None,
+            screen=self._screen_plan(trial.study)
+            if screening and tag not in (Tag.BASELINE_CHECK, Tag.FULL)
+            else None,
+        )
         try:
-            outcome = self.runner(settings, self.progress, self._adaptive(trial.study))
+            outcome = self.runner(settings, self.progress, the_plan)
         except TrialFailure as exc:
             return self._infeasible(
                 trial, exc.reason, exc.detail, wall_s=time.perf_counter() - start
             )
         return self._record(trial, settings, outcome, time.perf_counter() - start)
+
+    def _screen_plan(self, study: optuna.Study) -> ScreenPlan:
+        """The probes, sized by what the baseline wrote (its output is their text)."""
+        m = self.config.measure
+        base = records.baseline(records.load(study))
+        refs = (
+            {w: Reference(d.output_tokens.median, d.text) for w, d in base.workloads.items()}
+            if base
+            else {}
+        )
+        return ScreenPlan(m.depths, m.probe_tokens, refs)
 
     def _infeasible(
         self, trial: optuna.Trial, reason: str, detail: str, wall_s: float | None = None
@@ -250,46 +300,36 @@ class Sweep:
                 "gpu_mem_mb": outcome.gpu_mem_mb,
             },
         )
+        if outcome.screen is not None:
+            records.screened(trial, outcome.screen)
+        if not outcome.workloads:  # screened only: its estimates are the objectives
+            assert outcome.screen is not None
+            records.guards_clear(trial, [w.name for w in self.config.workloads])
+            values = []
+            for w in self.config.workloads:
+                e = outcome.screen.estimates[w.name]
+                values += [e.mean_tok_s, e.ttft_s]
+            log.info(
+                "trial %d screened: %s",
+                trial.number,
+                json.dumps({w: e.to_dict() for w, e in outcome.screen.estimates.items()}),
+            )
+            return values
         base = records.baseline(records.load(trial.study))
-        is_first_baseline = records.tag_of(trial) == Tag.BASELINE
-        need = self.config.measure.min_prefix_chars
-        truncated, diverged, values = [], [], []
+        is_ref = records.tag_of(trial) == Tag.BASELINE
+        problems: dict[FailureReason, list[str]] = {}
+        values = []
         for w in self.config.workloads:
             result = outcome.workloads[w.name]
-            text = result.runs[0].text
-            ratio, prefix = 1.0, None
-            if base is not None:
-                ref = base.workloads[w.name]
-                ratio = (
-                    result.output_tokens.median / ref.output_tokens.median
-                    if ref.output_tokens.median
-                    else 1.0
-                )
-                prefix = divergence(ref.text, text)
-            elif is_first_baseline:
-                prefix = len(text)  # the reference itself
-            short = need > 0 and prefix is not None and prefix < need
-            gap = float(need - prefix) if short and prefix is not None else 0.0
-            if short:
-                diverged.append(
-                    f"{w.name} differs from the baseline's output at character {prefix}"
-                )
-            violation = (
-                0.0 if result.hit_cap else round(self.config.measure.min_output_ratio - ratio, 4)
-            )
-            if violation > 0:
-                truncated.append(f"{w.name} {ratio:.0%} of the baseline's output")
-            records.workload(
-                trial,
-                result,
-                prefix,
-                ratio,
-                {FailureReason.DIVERGED: gap, FailureReason.TRUNCATED: violation},
-            )
+            ref = base.workloads[w.name] if base else None
+            g = guards.check(w.name, result, ref, is_ref, self.config.measure)
+            records.workload(trial, result, g.prefix, g.output_ratio, g.constraints)
+            for reason, what in g.problems.items():
+                problems.setdefault(reason, []).append(what)
             values += [result.tok_s.median, result.ttft_s.median]
-        if truncated or diverged:
-            reason = FailureReason.TRUNCATED if truncated else FailureReason.DIVERGED
-            records.flagged(trial, reason, "; ".join(truncated + diverged))
+        if problems:
+            reason = next(r for r in records.GUARDS if r in problems)  # truncated first
+            records.flagged(trial, reason, "; ".join(w for r in problems.values() for w in r))
         if records.tag_of(trial) == Tag.BASELINE_CHECK:
             self._check_drift(trial, outcome)
         log.info(
@@ -301,7 +341,7 @@ class Sweep:
                     "mismatch": mismatch,
                     "load_s": outcome.load_s,
                     "peak_rss_mb": outcome.peak_rss_mb,
-                    "truncated": truncated,
+                    "truncated": problems.get(FailureReason.TRUNCATED, []),
                     "workloads": {
                         w: {
                             "tok_s": r.tok_s.to_dict(),

@@ -11,6 +11,7 @@ import pandas as pd
 from sweeper import compare
 from sweeper.fronts import Point
 from sweeper.measurement import Spread
+from sweeper.plan import NightPlan
 from sweeper.recommend import Recommendation, WorkloadFront
 from sweeper.stats import Interval
 
@@ -49,6 +50,15 @@ def fronts_text(views: Sequence[WorkloadFront], searched: Sequence[str], repeats
             lines.append(table.to_string(index=False))
             if rec is not None:
                 lines.append(f"* recommended: {recommendation_line(rec)}")
+        if view.screened:
+            best = ", ".join(
+                f"{p.trial} ({p.tok_s.median:.1f} tok/s, TTFT {p.ttft_s.median:.3f} s)"
+                for p in view.screened_front[:5]
+            )
+            lines.append(
+                f"screened {len(view.screened)} configurations; their front by estimate "
+                f"(mean tok/s over the workload's length): trials {best}"
+            )
         blocks.append("\n".join(lines))
     legend = (
         "vs base: against the baseline trial, measured at different times (~: within the "
@@ -57,8 +67,42 @@ def fronts_text(views: Sequence[WorkloadFront], searched: Sequence[str], repeats
     return "\n\n".join([*blocks, legend])
 
 
+def plan_text(study: str, p: NightPlan) -> str:
+    """``sweeper plan``: what each stage costs and what fits the budget."""
+    s = p.speeds
+    lines = [
+        f"plan for {study} ({s.source}: decode {s.decode_tok_s:.1f} tok/s, prompt "
+        f"{s.prefill_tok_s:.0f} tok/s, load {s.load_s:.1f} s):",
+        f"  one screening: {_duration(p.screening_s)}",
+        f"  one full measurement: {_duration(p.full_s)}",
+        f"  the confirmation: at most {_duration(p.confirmation_s)}",
+    ]
+    budget = f"in {_duration(p.timeout_s)}" if p.timeout_s else f"for {p.trials} trials"
+    if p.screening_trials:
+        lines.append(
+            f"  {budget}: {p.screening_trials} configurations screened, up to {p.finalists} "
+            "finalists measured in full, then the confirmation"
+        )
+    else:
+        lines.append(f"  {budget}: {p.full_measurements} configurations measured in full")
+    if p.space_size is not None:
+        lines.append(f"  the space holds {p.space_size} configurations")
+    lines += [f"warning: {w}" for w in p.warnings]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no limit"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def status_line(s: dict[str, Any]) -> str:
     line = f"{s['trials']} trials, {s['complete']} complete, {s['feasible']} feasible"
+    if s.get("screened"):
+        line += f" ({s['screened']} screened, {s['measured_full']} measured in full)"
     if s["infeasible"]:
         line += "; infeasible: " + ", ".join(f"{r} {n}" for r, n in s["infeasible"].items())
     others = {k: v for k, v in s["states"].items() if k != "complete"}

@@ -18,6 +18,7 @@ trials = 4
 [measure]
 repeats = 2
 warmup = 0
+screening = false
 
 [baseline]
 context_length = 4096
@@ -49,6 +50,7 @@ trial_timeout = "3m"
 [measure]
 repeats = 2
 warmup = 1
+screening = false
 
 [baseline]
 context_length = 1024

@@ -64,7 +64,10 @@ def test_sweeper_runs_without_the_posix_only_modules(tmp_path: Path) -> None:
     study.write_text(STUDY.format(workload="short"), encoding="utf-8")
     result = sweeper(env, "run", study)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ran 2 trials; 2 trials, 2 complete, 2 feasible")
+    # the baseline in full, one configuration screened, then promoted and measured in full
+    assert result.stdout.startswith(
+        "ran 3 trials; 3 trials, 3 complete, 3 feasible (1 screened, 2 measured in full)"
+    )
 
 
 def test_sweeper_runs_without_llama_cpp(tmp_path: Path, model_path: str) -> None:

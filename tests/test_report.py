@@ -28,7 +28,8 @@ def test_report_data(write_study: WriteStudy) -> None:
     oom = [t.number for t in study.trials if t.user_attrs.get("failure_reason") == "oom"]
     assert oom and sorted(i.trial for i in short.infeasible) == oom
     assert all(i.reason == "oom" and i.tok_s is None for i in short.infeasible)
-    assert {p.trial for p in short.points} | set(oom) == {t.number for t in study.trials}
+    copies = {t.number for t in study.trials if "duplicate_of" in t.user_attrs}
+    assert {p.trial for p in short.points} | set(oom) | copies == {t.number for t in study.trials}
     assert short.recommendation is not None
     assert short.recommendation.point.trial in {p.trial for p in short.front}
     assert data.counts["oom"] == len(oom)

@@ -297,7 +297,9 @@ def test_the_baseline_is_rerun_and_drift_is_flagged(write_study: WriteStudy) -> 
     assert events[0]["since_trial"] == checks[0]
     assert status(study, ["short", "long"])["drift_events"] == events
     shaky = {p.trial for p in front_points(study, "short") if p.unreliable}
-    assert shaky == set(range(events[0]["since_trial"] + 1, events[0]["check_trial"]))
+    between = range(events[0]["since_trial"] + 1, events[0]["check_trial"])
+    copies = {t.number for t in study.get_trials() if "duplicate_of" in t.user_attrs}
+    assert shaky and shaky == set(between) - copies  # a copy is not a point of its own
 
 
 def test_output_divergence_from_the_baseline_is_measured_and_guarded(
@@ -342,7 +344,8 @@ def test_adaptive_repeats_go_to_trials_near_the_front(write_study: WriteStudy) -
     path = write_study(
         **{
             "repeats = 2": "repeats = 2\nmax_repeats = 6\ntarget_ci = 0.01",
-            "cpu_threads = [1, 2, 4]": "cpu_threads = [1, 4]",
+            # three configurations for three trials: sampled (a smaller space is enumerated)
+            "cpu_threads = [1, 2, 4]": "cpu_threads = [1, 3, 4]",
             "flash_attention = [false, true]": "flash_attention = [false]",
             "context_length = [2048, 4096]": "context_length = [4096]",
         }

@@ -36,7 +36,7 @@ def default_behaviour(settings: LoadSettings, workload: Workload) -> Run:
         ttft_s=ttft,
         decode_tok_s=tok_s,
         output_tokens=n,
-        prompt_tokens=20,
+        prompt_tokens=max(1, len(workload.prompt) // 4),  # about 4 characters a token
         stop_reason="max_tokens",
         total_s=ttft + (n - 1) / tok_s,
     )

@@ -34,6 +34,7 @@ for command in (
     sweeping.run,
     sweeping.confirm_cmd,
     sweeping.compare,
+    sweeping.plan_cmd,
     results.status,
     results.pareto,
     results.report,

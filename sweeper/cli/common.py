@@ -51,6 +51,7 @@ def study_command(fn: F) -> F:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+PREFILL_HELP = "Prompt processing speed, until measured (default: 20 x --assume-tok-s)."
 CONFIRM_HELP = "Confirm each recommendation side by side with the baseline at the end."
 LEVELS = click.FloatRange(min=0.5, max=1, max_open=True)
 CONFIG_HELP = "A TOML file of load settings. Repeat; the first is the reference."

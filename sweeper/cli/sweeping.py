@@ -1,4 +1,4 @@
-"""Commands that measure: run (then confirm), confirm, compare."""
+"""Commands that measure, or plan to: run (then confirm), confirm, compare, plan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import optuna
 
 from sweeper import compare as comparison
 from sweeper import config as config_file
-from sweeper import confirm, fingerprint, fronts, records, stats, sweep, terminal
+from sweeper import confirm, fingerprint, fronts, plan, records, stats, sweep, terminal
 from sweeper.backends import backend_class
 from sweeper.cli.common import (
     CONFIG_HELP,
@@ -21,6 +21,7 @@ from sweeper.cli.common import (
     LEVEL_HELP,
     LEVELS,
     MIN_EFFECT_HELP,
+    PREFILL_HELP,
     ROUNDS_HELP,
     TRIAL_HELP,
     fail,
@@ -29,7 +30,7 @@ from sweeper.cli.common import (
     study_command,
 )
 from sweeper.config import StudyConfig
-from sweeper.errors import TrialFailure
+from sweeper.errors import StorageError, TrialFailure
 from sweeper.progress import ProgressBar
 from sweeper.recommend import for_study
 from sweeper.runner import ChildProcessRunner, Runner, WorkerError, worker_spec
@@ -61,42 +62,44 @@ def run(
     )
     the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware)
     target, url = trials or config.budget.trials, redact(storage or config.storage)
-    done = records.complete(study)
+    recs = records.load(study)
+    speeds = plan.speeds(config, recs)
+    if speeds is not None:
+        click.echo(plan.summary(plan.plan(config, speeds, recs, timeout_s, target)), err=True)
+    # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    log.info("run %s: target %d trials, storage %s", config.name, target, url)
+    bar = ProgressBar(config)
+    the_sweep.progress, the_sweep.on_stage = bar.on_progress, bar.stage
     ran, stopped = 0, None
-    if done >= target:
+    try:
+        with sweep.session(config) as stopping:
+            ran = the_sweep.run(study, trials, timeout_s, callbacks=[bar.on_trial])
+    except KeyboardInterrupt:
+        stopped = (
+            f"interrupted: the running trial was stopped and will run again on resume; "
+            f"{records.complete(study)} complete trials are stored in {url}; "
+            "run the same command to resume"
+        )
+        auto = confirm_at_end and config.confirm.auto
+        if stopping.terminated or not auto or not confirm.pending(study, config):
+            fail(stopped)
+        click.echo(f"{stopped}; confirming first (Ctrl-C again to skip)", err=True)
+    except WorkerError as exc:
+        bar.close()
+        click.echo(str(exc), err=True)
+        fail(
+            "internal error in the trial worker (traceback above); the trial is marked "
+            "FAIL and completed trials are kept; please report this"
+        )
+    finally:
+        bar.close()
+    if not ran and not stopped:
         click.echo(
-            f"study {config.name!r} already holds {done} complete trials "
+            f"study {config.name!r} already holds {records.complete(study)} complete trials "
             f"(target {target}); raise --trials to run more",
             err=True,
         )
-    else:
-        # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        log.info("run %s: target %d trials, storage %s", config.name, target, url)
-        bar = ProgressBar(config, total=target - done)
-        the_sweep.progress = bar.on_progress
-        try:
-            with sweep.session(config) as stopping:
-                ran = the_sweep.run(study, trials, timeout_s, callbacks=[bar.on_trial])
-        except KeyboardInterrupt:
-            stopped = (
-                f"interrupted: the running trial was stopped and will run again on resume; "
-                f"{records.complete(study)} complete trials are stored in {url}; "
-                "run the same command to resume"
-            )
-            auto = confirm_at_end and config.confirm.auto
-            if stopping.terminated or not auto or not confirm.pending(study, config):
-                fail(stopped)
-            click.echo(f"{stopped}; confirming first (Ctrl-C again to skip)", err=True)
-        except WorkerError as exc:
-            bar.close()
-            click.echo(str(exc), err=True)
-            fail(
-                "internal error in the trial worker (traceback above); the trial is marked "
-                "FAIL and completed trials are kept; please report this"
-            )
-        finally:
-            bar.close()
     if confirm_at_end and config.confirm.auto:
         _confirm(
             study, config, the_sweep.round_runner, None, again=False, machine=the_sweep.machine
@@ -203,3 +206,44 @@ def compare(
         click.echo(json.dumps(comparison.to_json(measured, rows, min_effect, level), indent=2))
         return
     click.echo(terminal.comparison_tables(rows, measured, repeats, level))
+
+
+@click.command("plan")
+@study_command
+@click.option("--timeout", metavar="DURATION", help="The budget, e.g. 8h (default: the file's).")
+@click.option("--trials", type=click.IntRange(min=1), metavar="N", help="Trials to plan for.")
+@click.option("--assume-tok-s", type=float, help="Decode speed, until the baseline is measured.")
+@click.option("--assume-load-s", type=float, help="Load time, until the baseline is measured.")
+@click.option("--assume-prefill-tok-s", type=float, help=PREFILL_HELP)
+@json_option
+def plan_cmd(
+    study_file: str,
+    storage: str | None,
+    timeout: str | None,
+    trials: int | None,
+    assume_tok_s: float | None,
+    assume_load_s: float | None,
+    assume_prefill_tok_s: float | None,
+    as_json: bool,
+) -> None:
+    """What a night buys: the cost of a screening, a full measurement and the confirmation,
+    and how many configurations fit."""
+    config = config_file.load(study_file)
+    timeout_s = (
+        config_file.parse_duration(timeout, "--timeout") if timeout else config.budget.timeout_s
+    )
+    try:
+        recs = records.load(open_study(config, storage))
+    except StorageError:  # no study yet: plan from the assumptions
+        recs = []
+    speeds = plan.speeds(config, recs, assume_tok_s, assume_load_s, assume_prefill_tok_s)
+    if speeds is None:
+        fail(
+            "the study has no measured baseline yet: give --assume-tok-s (and --assume-load-s) "
+            "to plan with, e.g. what LM Studio shows for this model"
+        )
+    night = plan.plan(config, speeds, recs, timeout_s, trials)
+    if as_json:
+        click.echo(json.dumps(night.to_dict(), indent=2))
+        return
+    click.echo(terminal.plan_text(config.name, night))

@@ -1,0 +1,128 @@
+"""What the sweep runs next, decided from the stored trials: the baseline first, interrupted
+trials again, the baseline again when due (drift), the screening's finalists in full, and
+proposals already measured answered from storage. Pure functions over trial records."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import TrialState
+
+from sweeper import plan, stats
+from sweeper.config import Measure, StudyConfig
+from sweeper.errors import FailureReason
+from sweeper.fronts import Point, pareto_front, points
+from sweeper.measurement import TrialOutcome
+from sweeper.recommend import expected_completion_s
+from sweeper.records import FULL, SCREEN, Tag, TrialRecord
+from sweeper.settings import LoadSettings
+
+#: A baseline re-run this much slower or faster (and outside the noise) is drift.
+DRIFT_MIN = 0.03
+
+
+def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[str, Any] | None:
+    """The baseline's parameters (those inside the space) when it has not been queued yet."""
+    if any(r.tag == Tag.BASELINE for r in recs):
+        return None
+    dims = config.space.dimensions
+    return {
+        name: value
+        for name, value in config.baseline.to_dict().items()
+        if name in dims and dims[name].contains(value)
+    }
+
+
+def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials interrupted by Ctrl-C and not yet run again (once)."""
+    retried = {r.retry_of for r in recs}
+    return [
+        r
+        for r in recs
+        if r.state == TrialState.FAIL
+        and r.number not in retried
+        and r.failure_reason == FailureReason.INTERRUPTED
+    ]
+
+
+def recheck_due(
+    recs: Sequence[TrialRecord], m: Measure, now: datetime.datetime
+) -> dict[str, Any] | None:
+    """The baseline's parameters when it is due to run again: after ``recheck_trials`` trials
+    or ``recheck_s`` seconds since the last run of it, whichever comes first."""
+    if m.recheck_trials is None and m.recheck_s is None:
+        return None
+    anchors = [r for r in recs if r.is_anchor]
+    if not anchors or any(r.state == TrialState.WAITING for r in anchors):
+        return None
+    last = anchors[-1]
+    since = [r for r in recs if r.number > last.number and r.state.is_finished()]
+    by_count = m.recheck_trials is not None and len(since) >= m.recheck_trials
+    by_time = (
+        m.recheck_s is not None
+        and last.datetime_complete is not None
+        and (now - last.datetime_complete).total_seconds() >= m.recheck_s
+    )
+    return anchors[0].params if by_count or by_time else None
+
+
+def drift(base: TrialRecord, outcome: TrialOutcome) -> dict[str, list[float]]:
+    """Workloads whose decode speed moved beyond the noise (and by ``DRIFT_MIN`` or more)
+    between the baseline and its re-run: % [estimate, low, high]."""
+    moved = {}
+    for w, result in outcome.workloads.items():
+        ref = base.workloads[w].runs_tok_s
+        diff = stats.relative_difference(ref, [r.decode_tok_s for r in result.runs])
+        if diff.excludes_zero() and abs(diff.estimate) >= DRIFT_MIN:
+            moved[w] = [round(v * 100, 2) for v in diff.to_list()]
+    return moved
+
+
+def finalists(config: StudyConfig, recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The screened trials to measure in full: per workload, on the screening front and within
+    ``promote_margin`` of the best expected completion time, at most ``promote`` (settings
+    already measured or queued in full count among them and are not queued again)."""
+    m = config.measure
+    by_number = {r.number: r for r in recs}
+    taken = [r.settings for r in recs if r.fidelity == FULL and r.settings]
+    taken += [by_number[r.promoted_from].settings for r in recs if r.promoted_from is not None]
+    out: list[TrialRecord] = []
+    for w in config.workloads:
+        front = pareto_front(points(recs, w.name, SCREEN))
+        if not front:
+            continue
+        best = min(_completion(p) for p in front)
+        close = sorted(
+            (p for p in front if _completion(p) <= best * (1 + m.promote_margin)),
+            key=_completion,
+        )
+        for p in close[: m.promote]:
+            if p.settings not in taken:
+                out.append(by_number[p.trial])
+                taken.append(p.settings)
+    return out
+
+
+def measured_before(
+    recs: Sequence[TrialRecord], number: int, settings: LoadSettings, fidelity: str
+) -> TrialRecord | None:
+    """An earlier complete trial of the same settings measured at ``fidelity`` (or in full,
+    which answers a screening too)."""
+    wanted = settings.to_dict()
+    for r in recs:
+        same = r.number < number and r.settings == wanted and r.duplicate_of is None
+        if same and r.state == TrialState.COMPLETE and r.fidelity in (fidelity, FULL):
+            return r
+    return None
+
+
+def reserve_s(config: StudyConfig, recs: Sequence[TrialRecord]) -> float:
+    """Time to keep for the finalists and the confirmation (0 until speeds are known)."""
+    speeds = plan.speeds(config, recs)
+    return plan.plan(config, speeds, recs).reserve_s if speeds else 0.0
+
+
+def _completion(p: Point) -> float:
+    return expected_completion_s(p, p.output_tokens)

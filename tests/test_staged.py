@@ -1,0 +1,197 @@
+"""The staged sweep: every configuration screened by depth probes, the finalists measured in
+full, duplicates answered from storage, small spaces enumerated, and the night's plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAKE_STUDY, WriteStudy, fake_runner, front_points
+from sweeper import config as studyfile
+from sweeper import plan, records, screening
+from sweeper.backends.fake import FakeBackend, default_behaviour
+from sweeper.cli import cli
+from sweeper.measurement import Probe, Run
+from sweeper.records import FULL, SCREEN
+from sweeper.settings import LoadSettings
+from sweeper.sweep import Sweep
+from sweeper.workloads import Workload
+
+STAGED = FAKE_STUDY.replace("screening = false", "screening = true\npromote = 1")
+
+
+def slower_with_depth(settings: LoadSettings, workload: Workload) -> Run:
+    """Decode speed falls as the context fills, faster with flash attention when the context
+    is nearly empty, slower when it is full: the curves cross (as measured on real models)."""
+    run = default_behaviour(settings, workload)
+    depth = run.prompt_tokens
+    fa = settings.flash_attention is True
+    tok_s = (
+        (30.0 if fa else 27.0) * (1 - depth / (400 if fa else 900)) * (settings.cpu_threads or 1)
+    )
+    return dataclasses.replace(run, decode_tok_s=max(tok_s, 1.0))
+
+
+def staged_sweep(path: Path, trials: int, behaviour: object = None) -> tuple[Sweep, object]:
+    config = studyfile.load(path)
+    backend = FakeBackend("fake", behaviour)  # type: ignore[arg-type]
+    sweep = Sweep(config, fake_runner(config, backend))
+    study = sweep.open()
+    sweep.run(study, trials=trials)
+    return sweep, study
+
+
+def test_screened_trials_then_finalists_in_full(write_study: WriteStudy) -> None:
+    _, study = staged_sweep(write_study(STAGED), trials=6, behaviour=slower_with_depth)
+    recs = records.load(study)
+    assert recs[0].is_baseline and recs[0].fidelity == FULL
+    assert set(recs[0].estimates) == {"short", "long"}  # the baseline is screened too
+    screened = [r for r in recs if r.fidelity == SCREEN and r.duplicate_of is None]
+    assert screened and all(
+        not r.workloads and set(r.estimates) == {"short", "long"} for r in screened
+    )
+    finals = [r for r in recs if r.tag == "full"]
+    assert finals and all(r.fidelity == FULL and r.workloads for r in finals)
+    for r in finals:  # a finalist is a screened configuration, measured again in full
+        source = next(x for x in recs if x.number == r.promoted_from)
+        assert source.fidelity == SCREEN and source.settings == r.settings
+    # at most one finalist per workload (promote = 1); the best estimate of each is among them
+    assert len(finals) <= 2
+    for w in ("short", "long"):
+        best = min(front_points(study, w) and screening_points(study, w), key=completion)
+        assert best.settings in [r.settings for r in finals] + [recs[0].settings]
+
+
+def screening_points(study: object, workload: str) -> list:
+    from sweeper import fronts
+
+    return fronts.points(records.load(study), workload, SCREEN)  # type: ignore[arg-type]
+
+
+def completion(p: object) -> float:
+    from sweeper.recommend import expected_completion_s
+
+    return expected_completion_s(p, p.output_tokens)  # type: ignore[arg-type, attr-defined]
+
+
+def test_a_configuration_is_measured_once_at_a_fidelity(write_study: WriteStudy) -> None:
+    """The sampler proposes the same settings again: answered from storage, nothing loaded."""
+    path = write_study(
+        STAGED,
+        **{
+            "context_length = [2048, 4096]": "context_length = [4096]",
+            "flash_attention = [false, true]": "flash_attention = [false, true]",
+            "cpu_threads = [1, 2, 4]": "cpu_threads = [1, 2]",
+        },
+    )
+    config = studyfile.load(path)
+    backend = FakeBackend("fake")
+    sweep = Sweep(config, fake_runner(config, backend))
+    study = sweep.open()
+    for _ in range(3):  # the same proposal three times
+        study.enqueue_trial({"context_length": 4096, "cpu_threads": 2, "flash_attention": True})
+    sweep.run(study, trials=4)
+    recs = records.load(study)
+    assert [(r.number, r.duplicate_of) for r in recs[:3]] == [(0, None), (1, 0), (2, 0)]
+    assert recs[1].values == recs[2].values == recs[0].values
+    assert recs[1].fidelity == SCREEN and not recs[1].estimates  # nothing measured for it
+    again = [s for s in backend.loads if s.to_dict() == recs[0].settings]
+    finalist = sum(r.tag == "full" and r.settings == recs[0].settings for r in recs)
+    assert len(again) == 1 + finalist  # screened once (and measured in full if promoted)
+
+
+def test_a_small_space_is_enumerated(write_study: WriteStudy) -> None:
+    path = write_study(
+        STAGED,
+        **{
+            "context_length = [2048, 4096]": "context_length = [4096]",
+            "cpu_threads = [1, 2, 4]": "cpu_threads = [1, 2]",
+        },
+    )
+    _, study = staged_sweep(path, trials=10)
+    recs = [r for r in records.load(study) if r.tag is None]
+    sampled = {(r.settings["cpu_threads"], r.settings.get("flash_attention")) for r in recs}
+    # the baseline (1 thread, no flash attention set) plus every combination, once each
+    assert sampled == {(1, False), (1, True), (2, False), (2, True)}
+    assert all(r.duplicate_of is None for r in recs)
+
+
+def test_the_estimate_integrates_the_speed_over_depth() -> None:
+    curve = [Probe(100, 0.5, 50.0, 20), Probe(1100, 2.0, 25.0, 20)]
+    # speed at the middle of each probe's decoding: 50 at depth 110, 25 at depth 1110; the
+    # workload's prompt probe is the first: TTFT 0.5 s, decoding 1000 tokens from depth 100
+    e = screening.estimate(curve[0], curve, 1000, 20)
+    import math
+
+    # depth 100-110: flat at 50 tok/s; 110-1100: v = 50 - 0.025 (d - 110), whose 1/v
+    # integrates to 40 ln(50 / 25.25)
+    exact = 10 / 50 + 40 * math.log(50 / 25.25)
+    assert e.completion_s == pytest.approx(0.5 + exact, rel=0.002)
+    assert e.mean_tok_s == pytest.approx(1000 / exact, rel=0.01)
+    flat = screening.estimate(curve[0], [curve[0]], 1000, 20)
+    assert flat.completion_s == pytest.approx(0.5 + 1000 / 50)
+
+
+def test_probe_prompts_are_real_text_of_the_length_asked() -> None:
+    text = screening.probe_prompt("One two three.", 100, 4.0)
+    assert len(text) == 400 and text.startswith("One two three. One two")
+    assert screening.depth_targets(40, 540, 5) == [140, 240, 340, 440, 540]
+
+
+def test_the_plan_arithmetic(write_study: WriteStudy) -> None:
+    config = studyfile.load(write_study(STAGED))
+    speeds = plan.Speeds(load_s=10.0, decode_tok_s=10.0, prefill_tok_s=100.0, source="assumed")
+    p = plan.plan(config, speeds, timeout_s=3600)
+    m = config.measure  # repeats 2, warm-up 0, probe 32 tokens; workloads of 16 and 32 tokens
+    prompt = plan.PROMPT_TOKENS / 100
+    assert p.full_s == pytest.approx(10 + m.repeats * ((prompt + 1.6) + (prompt + 3.2)))
+    assert p.reserve_s == pytest.approx(p.finalists * p.full_s + p.confirmation_s)
+    assert p.screening_trials == min(
+        config.budget.trials, int((3600 - p.reserve_s) // p.screening_s)
+    )
+    assert p.finalists == 2  # promote 1 x 2 workloads, at most
+
+
+def test_plan_on_every_shipped_study() -> None:
+    root = Path(__file__).parent.parent / "studies"
+    for study in sorted(root.glob("*.toml")):
+        result = CliRunner().invoke(
+            cli, ["plan", str(study), "--assume-tok-s", "10", "--assume-load-s", "30", "--json"]
+        )
+        assert result.exit_code == 0, (study, result.stderr)
+        doc = json.loads(result.stdout)
+        assert {"screening_trials", "full_measurements", "confirmation_s"} <= set(doc)
+
+
+def test_the_article_study_fits_a_night(tmp_path: Path) -> None:
+    study = Path(__file__).parent.parent / "studies" / "rtx3060-gpt-oss-20b.toml"
+    args = ["plan", str(study), "--assume-tok-s", "10", "--assume-load-s", "30", "--timeout", "8h"]
+    result = CliRunner().invoke(cli, [*args, "--json", "--storage", f"sqlite:///{tmp_path}/x.db"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["screening_trials"] >= 100 and doc["full_measurements"] >= 2
+    text = CliRunner().invoke(cli, [*args, "--storage", f"sqlite:///{tmp_path}/x.db"]).stdout
+    assert "configurations screened, up to 2 finalists measured in full" in text
+
+
+def test_plan_without_speeds_says_what_to_give(write_study: WriteStudy) -> None:
+    result = CliRunner().invoke(cli, ["plan", str(write_study(STAGED))])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: the study has no measured baseline yet: give --assume")
+
+
+def test_a_staged_run_says_what_it_screened_and_measured(write_study: WriteStudy) -> None:
+    path = write_study(STAGED)
+    result = CliRunner().invoke(cli, ["run", str(path), "--trials", "4"])
+    assert result.exit_code == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "screened," in first and "measured in full)" in first
+    status = json.loads(CliRunner().invoke(cli, ["status", str(path), "--json"]).stdout)
+    assert status["screened"] >= 1 and status["measured_full"] >= 2
+    # after the baseline, each run starts with its plan
+    again = CliRunner().invoke(cli, ["run", str(path), "--trials", "5"])
+    assert again.exit_code == 0 and "plan: screening" in again.stderr

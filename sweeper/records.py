@@ -38,8 +38,9 @@ class Tag(enum.StrEnum):
 FULL, SCREEN = "full", "screen"
 
 
-#: Per-workload output guards, each a constraint "<guard>:<workload>" on every trial.
-GUARDS = (FailureReason.TRUNCATED, FailureReason.DIVERGED)
+#: Per-workload output guards, each a constraint "<guard>:<workload>" on every trial (older
+#: studies lack the last one: a missing constraint holds).
+GUARDS = (FailureReason.TRUNCATED, FailureReason.DIVERGED, FailureReason.NO_ANSWER)
 #: The constraint of a trial that could not be measured.
 FAILED = "failed"
 
@@ -61,8 +62,27 @@ class StoredWorkload:
     text: str
     #: first character where the output differs from the baseline's
     divergence: int | None
-    #: median output / the baseline's
+    #: median answer / the baseline's (the whole output for a model that does not reason)
     output_ratio: float | None
+
+    @property
+    def reasoning_tokens(self) -> float:
+        """Median tokens a reasoning model spent before its answer (0: it does not reason)."""
+        return (
+            Spread.of([float(r.reasoning_tokens) for r in self.runs]).median if self.runs else 0.0
+        )
+
+    @property
+    def answer_tokens(self) -> float:
+        return self.output_tokens.median - self.reasoning_tokens
+
+    @property
+    def tta_s(self) -> Spread:
+        return Spread.of([r.tta_s for r in self.runs])
+
+    @property
+    def answered(self) -> bool:
+        return all(r.answered for r in self.runs)
 
     @property
     def runs_tok_s(self) -> list[float]:
@@ -296,6 +316,10 @@ def workload(
             "tok_s": result.tok_s.to_dict(),
             "ttft_s": result.ttft_s.to_dict(),
             "output_tokens": result.output_tokens.to_dict(),
+            "reasoning_tokens": result.reasoning_tokens.to_dict(),
+            "answer_tokens": result.answer_tokens.to_dict(),
+            "tta_s": result.tta_s.to_dict(),
+            "answered": result.answered,
             "prompt_tokens": runs[0].prompt_tokens,
             "stop_reasons": sorted({r.stop_reason for r in runs}),
             "max_tokens": result.max_tokens,
@@ -341,9 +365,6 @@ def duplicate(trial: optuna.Trial, source: TrialRecord) -> None:
     (its values and constraints), nothing is measured again."""
     trial.set_user_attr("duplicate_of", source.number)
     trial.set_user_attr("fidelity", source.fidelity)
-    if source.failure_reason:
-        trial.set_user_attr("failure_reason", source.failure_reason)
-        trial.set_user_attr("failure_detail", f"as trial {source.number}: {source.failure_detail}")
     for key, value in source.constraints.items():
         trial.set_constraint(key, value)
 

@@ -108,12 +108,14 @@ def finalists(config: StudyConfig, recs: Sequence[TrialRecord]) -> list[TrialRec
 def measured_before(
     recs: Sequence[TrialRecord], number: int, settings: LoadSettings, fidelity: str
 ) -> TrialRecord | None:
-    """An earlier complete trial of the same settings measured at ``fidelity`` (or in full,
-    which answers a screening too)."""
+    """An earlier successful trial of the same settings measured at ``fidelity`` (or in full,
+    which answers a screening too). A failed one is not reused: a dropped socket or a busy
+    GPU may not happen twice."""
     wanted = settings.to_dict()
     for r in recs:
         same = r.number < number and r.settings == wanted and r.duplicate_of is None
-        if same and r.state == TrialState.COMPLETE and r.fidelity in (fidelity, FULL):
+        ok = r.state == TrialState.COMPLETE and not r.failure_reason
+        if same and ok and r.fidelity in (fidelity, FULL):
             return r
     return None
 

@@ -36,6 +36,7 @@ trials = 3
 [measure]
 repeats = 1
 warmup = 1
+screening = false
 
 [baseline]
 context_length = 1024
@@ -83,12 +84,14 @@ def test_a_sweep_sends_exactly_the_intended_keys(
     server: LMStudioTestServer, write_study: WriteStudy
 ) -> None:
     path = write_study(STUDY.format(host=server.address))
-    code, out, err = run_cli("run", str(path))
+    code, out, err = run_cli("run", str(path), "--no-confirm")
     assert code == 0, err
     assert out.startswith("ran 3 trials; 3 trials, 3 complete")
-    assert len(server.log.loads) == 3
     study = open_study(studyfile.load(path))
-    for load, trial in zip(server.log.loads, study.get_trials(), strict=True):
+    # settings proposed twice are measured once (the repeat points at the first)
+    measured = [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
+    assert len(server.log.loads) == len(measured) >= 2
+    for load, trial in zip(server.log.loads, measured, strict=True):
         settings = trial.user_attrs["settings"]
         sent = fields(load)
         assert sent == {
@@ -298,14 +301,43 @@ def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
 
 
 def test_reasoning_tokens_count_and_are_split(model_path: str) -> None:
+    """A protocol test: the server sends the real model's tokens, the first three typed as a
+    reasoning block between start and end tag fragments, as LM Studio sends a parsed one."""
     with (
         LMStudioTestServer([ServerModel(KEY, model_path)], reasoning_tokens=3) as srv,
         LMStudioBackend(KEY, host=srv.address) as backend,
     ):
         backend.load(LoadSettings(context_length=512))
         run = backend.generate(builtin("short", 8), Sampling())
+        cut = backend.generate(builtin("short", 4), Sampling())  # ends inside the block
     assert run.output_tokens == 8 == run.backend_stats["predicted_tokens_count"]
-    assert (run.backend_stats["reasoning_tokens"], run.backend_stats["content_tokens"]) == (3, 5)
+    # the tags are tokens the model generated too: 1 + 3 + 1 reasoning, 3 answer
+    assert (run.reasoning_tokens, run.answer_tokens) == (5, 3)
+    assert run.backend_stats["reasoning_parsed_by"] == "lmstudio"
+    assert run.answered and run.time_to_answer_s is not None
+    assert run.time_to_answer_s > run.ttft_s
+    assert not cut.answered and cut.reasoning_tokens == 4 and cut.time_to_answer_s is None
+
+
+def test_reasoning_effort_reaches_lm_studio(model_path: str, write_study: WriteStudy) -> None:
+    """gpt-oss's effort is a custom field of LM Studio's hub model: sent with every prediction
+    as a raw KV field; a model without the field is refused before any trial."""
+    gpt_oss = "openai/gpt-oss-20b"
+    study = STUDY.replace(KEY, gpt_oss) + '\n[sampling]\nreasoning_effort = "high"\n'
+    with LMStudioTestServer(
+        [ServerModel(gpt_oss, model_path), ServerModel(KEY, model_path)]
+    ) as srv:
+        code, _, err = run_cli(
+            "run", str(write_study(study.format(host=srv.address))), "--trials", "1"
+        )
+        assert code == 0, err
+        field = "ext.virtualModel.customField.openai.gptOss20b.reasoningEffort"
+        assert srv.log.predictions and all(p[field] == "high" for p in srv.log.predictions)
+        other = write_study(study.replace(gpt_oss, KEY).format(host=srv.address), name="g.toml")
+        code, out, err = run_cli("run", str(other))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: reasoning_effort: LM Studio takes it only as a custom field")
+    assert len(err.splitlines()) == 1
 
 
 def test_a_sweep_goes_on_when_every_socket_drops(model_path: str, write_study: WriteStudy) -> None:

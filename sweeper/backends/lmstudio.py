@@ -11,9 +11,10 @@ import contextlib
 import difflib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sweeper.backends import BackendBase, LoadProgress, Target, gguf
+from sweeper import reasoning
+from sweeper.backends import BackendBase, LoadProgress, Target, gguf, lmstudio_sdk
 from sweeper.errors import (
     BackendUnavailable,
     GenerationError,
@@ -51,6 +52,12 @@ RAW_SETTINGS = ("cpu_threads", "physical_batch_size", "cpu_moe_layers")
 #: What LM Studio's MLX engine (Apple Silicon, safetensors models) takes of sweeper's settings;
 #: every ``llm.load.llama.*`` key, the GPU offload ratio and the MoE keys are llama.cpp's only.
 MLX_SETTINGS = frozenset({"context_length"})
+#: Reasoning effort is no prediction key in LM Studio: it is a model.yaml custom field of the
+#: hub's gpt-oss models (community GGUF copies lack it, and LM Studio then only logs a warning).
+REASONING_EFFORT_FIELDS = {
+    "openai/gpt-oss-20b": "ext.virtualModel.customField.openai.gptOss20b.reasoningEffort",
+    "openai/gpt-oss-120b": "ext.virtualModel.customField.openai.gptOss120b.reasoningEffort",
+}
 STOP_REASONS = {
     "eosFound": "eos",
     "maxPredictedTokensReached": "max_tokens",
@@ -123,22 +130,11 @@ def to_config(
             raw[PARAMS[name].lmstudio] = value
         else:
             raise LoadError("unsupported", f"{name}: not mapped for LM Studio")
-    _check_encoded(config)
-    return config, raw
-
-
-def _check_encoded(config: dict[str, Any]) -> None:
-    from lmstudio._kv_config import load_config_to_kv_config_stack
-    from lmstudio._sdk_models import LlmLoadModelConfig
-
-    stack = load_config_to_kv_config_stack(config, LlmLoadModelConfig)
-    sent = {f.key for layer in stack.layers for f in layer.config.fields}
     expected = {PARAMS[name].lmstudio for name, key in SDK_KEYS.items() if key in config}
     if "gpu" in config:
         expected.add(PARAMS["gpu_offload"].lmstudio)
-    missing = expected - sent
-    if missing:
-        raise LoadError("unsupported", f"the lmstudio SDK did not encode {sorted(missing)}")
+    lmstudio_sdk.check_encoded(config, expected)
+    return config, raw
 
 
 def preset_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str, Any]]:
@@ -182,51 +178,6 @@ def _errors(stage: str) -> Iterator[None]:
         raise failure(reason, f"LM Studio: {exc}") from exc
 
 
-def load_with_raw_fields(
-    client: lmstudio.Client,
-    model_key: str,
-    identifier: str,
-    config: dict[str, Any],
-    raw: dict[str, Any],
-    on_progress: Any = None,
-) -> Any:
-    """``load_new_instance`` plus raw KV fields the SDK's typed config cannot express.
-
-    Touches SDK 1.5.0 internals (LoadModelEndpoint's creation parameters); pinned and tested
-    against the protocol test server.
-    """
-    from lmstudio._sdk_models import LlmChannelLoadModelCreationParameter, LlmLoadModelConfig
-    from lmstudio.json_api import LoadModelEndpoint
-
-    endpoint = LoadModelEndpoint(
-        model_key,
-        identifier,
-        None,
-        LlmChannelLoadModelCreationParameter,
-        LlmLoadModelConfig,
-        cast(Any, config),
-        on_progress,
-    )
-    # SDK 1.5.0 always builds one "apiOverride" layer (empty for an empty config).
-    layers: Any = endpoint.creation_params["loadConfigStack"]["layers"]
-    layers[0]["config"]["fields"].extend({"key": k, "value": v} for k, v in raw.items())
-    with client.llm._create_channel(endpoint) as channel:
-        result = channel.wait_for_result()
-    return client.llm._create_handle(result.identifier)
-
-
-def raw_load_config(client: lmstudio.Client, identifier: str) -> dict[str, Any]:
-    """The applied load config as wire key -> value, raw keys included (``get_load_config``
-    drops keys the SDK does not know)."""
-    from lmstudio._sdk_models import LlmRpcGetLoadConfigParameter
-
-    params = LlmRpcGetLoadConfigParameter._from_api_dict(
-        {"specifier": {"type": "query", "query": {"identifier": identifier}}}
-    )
-    reply = client.llm.remote_call("getLoadConfig", params)
-    return {f["key"]: f["value"] for f in reply.get("fields", [])}
-
-
 def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
     """Applied wire fields -> canonical names (what LM Studio says it applied)."""
     applied: dict[str, Any] = {}
@@ -249,6 +200,7 @@ class LMStudioBackend(BackendBase):
     name: ClassVar[str] = "lmstudio"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
     measures_own_memory: ClassVar[bool] = False
+    takes_grammar: ClassVar[bool] = False
 
     def __init__(self, model: str, host: str | None = None, n_layers: int | None = None) -> None:
         self.model_key = model
@@ -289,6 +241,12 @@ class LMStudioBackend(BackendBase):
                     "takes no such setting (llama.cpp engine only); remove "
                     f"{'it' if len(refused) == 1 else 'them'} from the study"
                 )
+        if target.reasoning_effort and model not in REASONING_EFFORT_FIELDS:
+            raise StudyFileError(
+                f"reasoning_effort: LM Studio takes it only as a custom field of its hub models "
+                f"{' and '.join(REASONING_EFFORT_FIELDS)}; {model} has none, so it would be "
+                "ignored: remove reasoning_effort from the study"
+            )
         n_layers = target.model_layers or _layers_from_gguf(getattr(keys[model], "path", ""))
         return {"model": model, "host": host, "n_layers": n_layers}
 
@@ -312,10 +270,10 @@ class LMStudioBackend(BackendBase):
         identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
         with _errors("load"):
             self._unload_ours(client)
-            self._model = load_with_raw_fields(
+            self._model = lmstudio_sdk.load_with_raw_fields(
                 client, self.model_key, identifier, config, raw, on_progress
             )
-            fields = raw_load_config(client, identifier)
+            fields = lmstudio_sdk.raw_load_config(client, identifier)
             context = self._model.get_context_length()
         applied = from_wire(fields, self.n_layers)
         applied["context_length"] = context
@@ -334,7 +292,7 @@ class LMStudioBackend(BackendBase):
                 handle.unload()
         self._model = None
 
-    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+    def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         lms = _sdk()
         if self._model is None:
             raise GenerationError("generation_failed", "no model loaded")
@@ -348,25 +306,37 @@ class LMStudioBackend(BackendBase):
             "minPSampling": sampling.min_p,
             "repeatPenalty": sampling.repeat_penalty,
         }
+        raw = {}
+        if sampling.reasoning_effort:
+            raw[REASONING_EFFORT_FIELDS[self.model_key]] = sampling.reasoning_effort
         times: list[float] = []
-        text: list[str] = []
-        reasoning = 0
+        answer: list[str] = []
+        typed = 0  # tokens LM Studio marked as reasoning (or its tags) before the answer
+        answer_at: int | None = None
+        untyped = reasoning.Split()  # a model whose reasoning LM Studio does not parse
         start = time.perf_counter()
         with _errors("generate"):
-            stream = self._model.respond_stream(chat, config=config)
+            stream = lmstudio_sdk.respond_stream_with_raw_fields(self._model, chat, config, raw)
             for fragment in stream:
                 now = time.perf_counter()
-                n = max(1, int(fragment.tokens_count or 1))
-                times.extend([now] * n)
-                # reasoning models (gpt-oss) think first: those tokens count in output and
-                # tok/s like any other, and the split is kept
-                if fragment.reasoning_type not in (None, "none"):
-                    reasoning += n
+                n = int(fragment.tokens_count if fragment.tokens_count is not None else 1)
+                kind = fragment.reasoning_type or "none"
+                if kind != "none":
+                    typed += n if answer_at is None else 0
                 else:
-                    text.append(fragment.content)
+                    if answer_at is None and fragment.content.strip():
+                        answer_at = len(times)
+                    answer.append(fragment.content)
+                    untyped.add(fragment.content)
+                times.extend([now] * n)
             result = stream.result()
         end = time.perf_counter()
         s = result.stats
+        if typed:
+            reasoning_tokens, answered, text = typed, answer_at is not None, "".join(answer)
+        else:  # no typed fragments: the tags, if any, are in the text
+            reasoning_tokens, answered = untyped.reasoning_tokens, untyped.answered
+            text = untyped.answer
         stats = {
             "tokens_per_second": s.tokens_per_second,
             "time_to_first_token_sec": s.time_to_first_token_sec,
@@ -374,8 +344,10 @@ class LMStudioBackend(BackendBase):
             "prompt_tokens_count": s.prompt_tokens_count,
             "stop_reason": s.stop_reason,
             "num_gpu_layers": s.num_gpu_layers,
-            "reasoning_tokens": reasoning,
-            "content_tokens": len(times) - reasoning,
+            "reasoning_tokens": reasoning_tokens,
+            "content_tokens": len(times) - reasoning_tokens,
+            "reasoning_parsed_by": "lmstudio" if typed else "sweeper",
+            "raw_prediction_fields_sent": raw,
         }
         return Run.from_timestamps(
             start,
@@ -384,16 +356,19 @@ class LMStudioBackend(BackendBase):
             STOP_REASONS.get(s.stop_reason, s.stop_reason),
             end,
             stats,
-            "".join(text),
+            text,
+            reasoning_tokens,
+            answered,
         )
 
-    def unload(self) -> None:
+    def unload(self) -> dict[str, Any]:
         if self._model is not None and self._client is not None:
             try:
                 self._model.unload()
             except _sdk().LMStudioError:
                 pass  # the server may already have dropped it; the next load unloads leftovers
             self._model = None
+        return {}
 
     def close(self) -> None:
         self.unload()

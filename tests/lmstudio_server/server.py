@@ -103,7 +103,7 @@ class ServerLog:
     """What the server saw, for tests to assert on."""
 
     loads: list[dict[str, Any]] = field(default_factory=list)  # creationParameter of loadModel
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # collapsed config stacks
     unloads: list[str] = field(default_factory=list)
 
 
@@ -111,8 +111,11 @@ class LMStudioTestServer:
     """Start with ``with LMStudioTestServer([...]) as server:``; ``server.address`` is host:port.
 
     Fault injection for tests: ``fail_load(fields) -> LMSError | None`` fails chosen loads;
-    ``drop_after_tokens`` closes the socket mid-generation; ``reasoning_tokens`` marks the first
-    N tokens of every answer as reasoning, as gpt-oss's are.
+    ``drop_after_tokens`` closes the socket mid-generation; ``reasoning_tokens`` makes the
+    first N of the model's tokens a reasoning block, sent as LM Studio sends a parsed one: a
+    start tag fragment, the reasoning fragments, an end tag fragment (the tags are tokens too,
+    within the cap), then the answer. This splits the real model's output at a scripted point:
+    a protocol test, not a reasoning model.
     """
 
     def __init__(
@@ -378,7 +381,6 @@ class LMStudioTestServer:
         cancel: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.log.predictions.append(param)
         inst = self._find({"specifier": param["modelSpecifier"]})
         with inst.busy:
             if inst.unloading.is_set():
@@ -409,6 +411,18 @@ class LMStudioTestServer:
         times: list[float] = []
         out: list[int] = []
         stop = "maxPredictedTokensReached"
+        self.log.predictions.append(cfg)
+        emitted = 0  # tokens sent: the model's and the reasoning tags
+
+        def tag(kind: str, text: str) -> None:
+            nonlocal emitted
+            times.append(time.perf_counter())
+            emitted += 1
+            fragment = {"content": text, "tokensCount": 1, "containsDrafted": False}
+            send({"type": "fragment", "fragment": {**fragment, "reasoningType": kind}})
+
+        if self.reasoning_tokens:  # as LM Studio parses a <think> block: the tags typed apart
+            tag("reasoningStartTag", "<think>")
         for token in llm.generate(
             tokens,
             temp=float(cfg.get("llm.prediction.temperature", 0.8)),
@@ -426,8 +440,15 @@ class LMStudioTestServer:
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 stop = "eosFound"
                 break
+            if emitted >= max_tokens:
+                break
+            if self.reasoning_tokens and len(out) == self.reasoning_tokens:
+                tag("reasoningEndTag", "</think>")
+                if emitted >= max_tokens:
+                    break
             times.append(time.perf_counter())
             out.append(token)
+            emitted += 1
             text = llm.detokenize([token]).decode("utf-8", errors="replace")
             send(
                 {
@@ -445,9 +466,9 @@ class LMStudioTestServer:
             if self.drop_after_tokens is not None and len(out) >= self.drop_after_tokens:
                 asyncio.run_coroutine_threadsafe(ws.close(), loop).result()
                 return
-            if len(out) >= max_tokens:
+            if emitted >= max_tokens:
                 break
-        n = len(out)
+        n = emitted
         span = times[-1] - times[0] if n > 1 else 0.0
         stats = {
             "stopReason": stop,

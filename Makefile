@@ -8,29 +8,55 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
-export CMAKE_ARGS
 STAMP := $(VENV)/.installed
 ARGS_STAMP := $(VENV)/.cmake-args
+
+# llama-cpp-python is built from its sdist's source, kept in the venv with its build tree, so
+# that llama-server and llama-bench build from the same tree (ggml and llama are compiled once)
+# and a second install is incremental. Installing from a local directory also keeps pip's wheel
+# cache from reusing a build made with other flags.
+LLAMA_CPP_VERSION := 0.3.36
+SRC := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)
+BUILD := $(VENV)/llama.cpp-build
+TOOLS := $(VENV)/lib/llama.cpp-bin
+# Always: no downloads at build time, and binaries that find their libraries beside them.
+BUILD_ARGS := -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON
+TOOLS_ON := -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+TOOLS_OFF := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=ON
+JOBS := $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
-# Rebuild llama-cpp-python when CMAKE_ARGS change: pip's wheel cache does not know about them.
+# A change of CMAKE_ARGS (a GPU build, say) starts the llama.cpp build tree afresh.
 $(ARGS_STAMP): FORCE
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if [ "$$(cat $@ 2>/dev/null)" != "$(CMAKE_ARGS)" ]; then \
-		if [ -f $@ ]; then \
-			echo "CMAKE_ARGS changed: rebuilding llama-cpp-python"; \
-			$(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps llama-cpp-python; \
-		fi; \
+		if [ -f $@ ]; then echo "CMAKE_ARGS changed: rebuilding llama.cpp"; rm -rf $(BUILD); fi; \
 		echo "$(CMAKE_ARGS)" > $@; \
 	fi
 
-$(STAMP): pyproject.toml $(ARGS_STAMP)
+$(SRC):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	mkdir -p $(VENV)/src
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(VENV)/src llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(VENV)/src
+
+$(STAMP): pyproject.toml $(ARGS_STAMP) | $(SRC)
 	$(BIN)/pip install -q --upgrade pip
-	@echo "Installing sweeper and its dependencies (the first llama-cpp-python build takes a few minutes)..."
+	$(BIN)/pip install -q cmake ninja
+	@echo "Building llama.cpp (llama-cpp-python, llama-server, llama-bench; the first time takes several minutes)..."
+	CMAKE_ARGS="$(CMAKE_ARGS) $(BUILD_ARGS)" \
+		$(BIN)/pip install -q --force-reinstall --no-deps "$(SRC)" -C build-dir="$(CURDIR)/$(BUILD)"
 	$(BIN)/pip install -q -e '.[dev,llamacpp]'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cmake $(BUILD) $(TOOLS_ON) >/dev/null
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cmake --build $(BUILD) --target llama-server llama-bench -j $(JOBS) >/dev/null
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cmake $(BUILD) $(TOOLS_OFF) >/dev/null
+	rm -rf $(TOOLS) && mkdir -p $(TOOLS)
+	cp -a $(BUILD)/bin/llama-server $(BUILD)/bin/llama-bench $(BUILD)/bin/*.so* $(TOOLS)/
+	ln -sf ../lib/llama.cpp-bin/llama-server $(BIN)/llama-server
+	ln -sf ../lib/llama.cpp-bin/llama-bench $(BIN)/llama-bench
 	touch $@
 
 FORCE:

@@ -26,7 +26,10 @@ LoadProgress = Callable[[float], None]
 @runtime_checkable
 class Backend(Protocol):
     """What the runner drives. ``load`` returns the *applied* configuration as the engine
-    reports it (canonical names where there is one, engine extras under the engine's name)."""
+    reports it (canonical names where there is one, engine extras under the engine's name).
+    ``generate`` processes the whole prompt (an honest time to first token) unless
+    ``reuse_prefix``: then an engine that can keep what it already holds of the prompt does
+    (depth probes, whose prompts extend each other, need not process it again)."""
 
     supported: ClassVar[frozenset[str]]
 
@@ -34,9 +37,13 @@ class Backend(Protocol):
         self, settings: LoadSettings, on_progress: LoadProgress | None = None
     ) -> dict[str, Any]: ...
 
-    def generate(self, workload: Workload, sampling: Sampling) -> Run: ...
+    def generate(
+        self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False
+    ) -> Run: ...
 
-    def unload(self) -> None: ...
+    def unload(self) -> dict[str, Any]:
+        """Free the model; what the engine reported as it unloaded ({} for most)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -55,6 +62,10 @@ class Target:
     model_layers: int | None = None
     #: the canonical settings the study sets or searches
     settings: frozenset[str] = frozenset()
+    #: llama-server: the binary to run
+    server_binary: str | None = None
+    #: the study's reasoning effort (a prediction setting some models take)
+    reasoning_effort: str | None = None
 
 
 class BackendBase:
@@ -68,11 +79,18 @@ class BackendBase:
     unsupported_why: ClassVar[Mapping[str, str]] = {}
     #: False when the engine runs elsewhere (a server), so the worker's RSS says nothing.
     measures_own_memory: ClassVar[bool] = True
+    #: whether a workload's GBNF ``grammar`` reaches the engine
+    takes_grammar: ClassVar[bool] = True
     #: Constructor options used when the backend runs in a worker process.
     worker_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, model: str, **options: Any) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def engine_version(cls, options: dict[str, Any]) -> str | None:
+        """The engine's own version for the machine fingerprint (None: the package's)."""
+        return None
 
     @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:
@@ -85,10 +103,10 @@ class BackendBase:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+    def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         raise NotImplementedError
 
-    def unload(self) -> None:
+    def unload(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -104,6 +122,7 @@ class BackendBase:
 #: backend name -> "module:Class". Imported lazily: heavy SDKs load only when used.
 BACKENDS: dict[str, str] = {
     "llama.cpp": "sweeper.backends.llamacpp:LlamaCppBackend",
+    "llama-server": "sweeper.backends.llamaserver:LlamaServerBackend",
     "lmstudio": "sweeper.backends.lmstudio:LMStudioBackend",
     "fake": "sweeper.backends.fake:FakeBackend",
 }

@@ -15,6 +15,8 @@ from typing import Any, BinaryIO
 
 from gguf import GGUFValueType
 
+from sweeper.errors import StudyFileError
+
 _SCALARS = {
     GGUFValueType.UINT8: "<B",
     GGUFValueType.INT8: "<b",
@@ -91,3 +93,14 @@ def architecture(path: str | Path) -> str | None:
         return str(metadata(str(Path(path).expanduser()))["general.architecture"])
     except Exception:
         return None
+
+
+def check_reasoning_effort(path: str, effort: str | None) -> None:
+    """Refuse a study's reasoning effort for a model whose chat template ignores it (only a
+    template that reads ``reasoning_effort`` can pass it to the model)."""
+    template = str(metadata(path).get("tokenizer.chat_template") or "")
+    if effort and "reasoning_effort" not in template:
+        raise StudyFileError(
+            f"reasoning_effort: the chat template of {Path(path).name} does not read it, so it "
+            "would be ignored: remove reasoning_effort from the study"
+        )

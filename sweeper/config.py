@@ -76,7 +76,7 @@ class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     #: depth probes per screening, spread up to the deepest point a workload reaches
     depths: Annotated[int, Meta(ge=1, le=16)] = 5
     #: tokens each probe decodes (also the length of a warm-up run)
-    probe_tokens: Annotated[int, Meta(ge=4)] = 32
+    probe_tokens: Annotated[int, Meta(ge=4)] = 64
     #: per workload, the screened configurations measured in full: on the screening front and
     #: within ``promote_margin`` of the best expected completion time, at most this many
     promote: Positive = 3
@@ -141,6 +141,8 @@ class _WorkloadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     prompt_file: str | None = None
     system: str | None = None
     max_tokens: Positive | None = None
+    #: a GBNF grammar the output must follow (llama.cpp and llama-server)
+    grammar: str | None = None
 
 
 class _StudyFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -151,6 +153,7 @@ class _StudyFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     storage: str | None = None
     host: str | None = None
     model_layers: Positive | None = None
+    server_binary: str | None = None
     sampler_seed: int = 0
     budget: Budget = msgspec.field(default_factory=Budget)
     measure: Measure = msgspec.field(default_factory=Measure)
@@ -174,6 +177,7 @@ class StudyConfig:
     storage: str
     host: str | None
     model_layers: int | None
+    server_binary: str | None
     sampler_seed: int
     space: SearchSpace
     baseline: LoadSettings
@@ -192,7 +196,11 @@ class StudyConfig:
     def target(self) -> Target:
         """What the backend needs to find the model."""
         used = frozenset(self.space.names() | set(self.baseline.to_dict()))
-        return Target(self.model, self.base_dir, self.host, self.model_layers, used)
+        binary = self.server_binary
+        if binary and not Path(binary).is_absolute() and (self.base_dir / binary).exists():
+            binary = str(self.base_dir / binary)  # relative to the study file, like the model
+        effort = self.sampling.reasoning_effort
+        return Target(self.model, self.base_dir, self.host, self.model_layers, used, binary, effort)
 
     def workload(self, name: str) -> Workload:
         return next(w for w in self.workloads if w.name == name)
@@ -256,6 +264,11 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
     workloads = tuple(_workload(w, path.parent) for w in doc.workloads)
     if not workloads:
         raise StudyFileError("workloads: list at least one workload")
+    for w in workloads:
+        if w.grammar and not cls.takes_grammar:
+            raise StudyFileError(
+                f"workload {w.name!r}: the {doc.backend} backend takes no GBNF grammar; remove it"
+            )
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise StudyFileError(f"workloads: names repeat: {', '.join(names)}")
@@ -268,6 +281,7 @@ def _build(path: Path, doc: _StudyFile) -> StudyConfig:
         storage=storage,
         host=doc.host,
         model_layers=doc.model_layers,
+        server_binary=doc.server_binary,
         sampler_seed=doc.sampler_seed,
         space=space,
         baseline=baseline,
@@ -300,10 +314,10 @@ def _workload(w: _WorkloadSpec, base_dir: Path) -> Workload:
                 f'{", ".join(BUILTIN_PROMPTS)}, or give your own with prompt = "..."'
             )
         wl = builtin(w.name, w.max_tokens)
-        return Workload(wl.name, wl.prompt, wl.max_tokens, w.system)
+        return Workload(wl.name, wl.prompt, wl.max_tokens, w.system, w.grammar)
     if w.max_tokens is None:
         raise StudyFileError(f"{where}: a workload of your own needs max_tokens")
-    return Workload(w.name, prompt, w.max_tokens, w.system)
+    return Workload(w.name, prompt, w.max_tokens, w.system, w.grammar)
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")

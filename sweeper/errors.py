@@ -23,6 +23,8 @@ class FailureReason(enum.StrEnum):
     GENERATION_FAILED = "generation_failed"
     TRUNCATED = "truncated"
     DIVERGED = "diverged"
+    #: the token cap came while a reasoning model was still thinking: no answer at all
+    NO_ANSWER = "no_answer"
     #: Ctrl-C or SIGTERM stopped the trial (a FAIL trial, run again on resume)
     INTERRUPTED = "interrupted"
 
@@ -46,6 +48,7 @@ _MEANINGS = {
     "token cap",
     FailureReason.DIVERGED: "output differs from the baseline's earlier than "
     "measure.min_prefix_chars",
+    FailureReason.NO_ANSWER: "no answer: the cap was reached while the model was reasoning",
     FailureReason.INTERRUPTED: "stopped by Ctrl-C or SIGTERM; it runs again on resume",
 }
 

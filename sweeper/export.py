@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pprint
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -13,13 +14,14 @@ from pathlib import Path
 import optuna
 import yaml
 
-from sweeper import records, report, system
+from sweeper import records, report_html, system
+from sweeper.backends import llamaserver
 from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.config import StudyConfig
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
 from sweeper.recommend import KEEP, Recommendation, per_workload
-from sweeper.settings import PARAMS, LoadSettings
+from sweeper.settings import LoadSettings
 
 FORMATS = ("lmstudio", "model-yaml", "lms", "sdk", "llama-server", "json")
 SUFFIX = {
@@ -50,6 +52,8 @@ class Preset:
     backend: str
     recommendation: Recommendation
     n_layers: int | None
+    #: the study's reasoning effort: measured with it, so the preset holds only with it
+    reasoning_effort: str | None = None
 
     @property
     def settings(self) -> LoadSettings:
@@ -64,6 +68,11 @@ class Preset:
         return (
             f"sweeper: study {self.study}, workload {self.workload}, trial {r.point.trial}: "
             f"{r.point.tok_s.median:.2f} tok/s, TTFT {r.point.ttft_s.median:.3f} s; {r.claim()}"
+            + (
+                f"; measured with reasoning effort {self.reasoning_effort}"
+                if self.reasoning_effort
+                else ""
+            )
         )
 
 
@@ -131,34 +140,20 @@ def sdk_snippet(p: Preset) -> str:
 
 
 def llama_server_args(settings: LoadSettings, model: str, n_layers: int | None) -> list[str]:
-    args = ["llama-server", "-m", model]
-    for name, value in settings.to_dict().items():
-        if name == "gpu_offload":
-            layers = (
-                999
-                if value >= 1
-                else 0
-                if value <= 0
-                else (round(value * n_layers) if n_layers else None)
-            )
-            if layers is None:
-                raise ExportError("gpu_offload as llama-server -ngl needs the model's layer count")
-            args += ["-ngl", str(layers)]
-        elif name == "flash_attention":
-            args += ["-fa", "on" if value else "off"]
-        elif name == "mmap":
-            args += [] if value else ["--no-mmap"]
-        elif name == "keep_in_memory":
-            args += ["--mlock"] if value else []
-        elif name == "offload_kv_cache":
-            args += [] if value else ["-nkvo"]
-        else:
-            args += [PARAMS[name].llama_server, str(value)]
-    return args
+    """The llama-server command line sweeper measures with: one slot, no fitting, the
+    settings as the llama-server backend writes them."""
+    try:
+        flags = llamaserver.server_args(settings, n_layers)
+    except SweeperError as exc:
+        raise ExportError(str(exc)) from None
+    return ["llama-server", "-m", model, *llamaserver.FIXED_ARGS, *flags]
 
 
 def llama_server_command(p: Preset) -> str:
-    return f"# {p.header()}\n" + " ".join(llama_server_args(p.settings, p.model, p.n_layers)) + "\n"
+    args = llama_server_args(p.settings, p.model, p.n_layers)
+    if p.reasoning_effort:
+        args += ["--reasoning-effort", p.reasoning_effort]
+    return f'#!/bin/sh\n# {p.header()}\nexec {shlex.join(args)} "$@"\n'
 
 
 def json_doc(p: Preset) -> str:
@@ -168,6 +163,8 @@ def json_doc(p: Preset) -> str:
         "model": p.model,
         "recommendation": p.recommendation.to_dict(),
     }
+    if p.reasoning_effort:
+        doc["reasoning_effort"] = p.reasoning_effort
     if p.recommendation.baseline is not None:
         doc["baseline"] = p.recommendation.baseline.to_dict()
     return json.dumps(doc, indent=2) + "\n"
@@ -208,8 +205,10 @@ def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Prese
     if rec.status == KEEP:
         raise NothingToExport(f"{workload}: {rec.claim()}; nothing to export")
     layers = config.model_layers or next((r.model_layers for r in recs if r.model_layers), None)
-    model = config.model if config.backend != "llama.cpp" else _model_path(config)
-    return Preset(config.name, model, config.backend, rec, layers)
+    local = config.backend in ("llama.cpp", "llama-server")
+    model = _model_path(config) if local else config.model
+    effort = config.sampling.reasoning_effort
+    return Preset(config.name, model, config.backend, rec, layers, effort)
 
 
 def _model_path(config: StudyConfig) -> str:
@@ -238,5 +237,5 @@ def export_all(
             write_atomic(path, RENDER[fmt](preset), force=force)
             written.append(path)
     report_path = out / f"{config.name}-report.html"
-    report.write_report(study, config, storage, report_path, force)
+    report_html.write_report(study, config, storage, report_path, force)
     return [*written, report_path], skipped

@@ -32,18 +32,24 @@ def shorter(ratio: float, hit_cap: bool, min_ratio: float) -> float:
 def check(
     name: str, result: WorkloadResult, ref: StoredWorkload | None, is_ref: bool, m: Measure
 ) -> Guarded:
+    """The guards of one workload. A reasoning model's answer and reasoning are compared
+    apart: the answer's length is what ``truncated`` guards (reasoning less is not writing
+    less), and a run the cap ended while reasoning has no answer at all."""
     text = result.runs[0].text
     ratio, prefix = 1.0, None
     if ref is not None:
-        median = ref.output_tokens.median
-        ratio = result.output_tokens.median / median if median else 1.0
+        median = ref.answer_tokens
+        ratio = result.answer_tokens.median / median if median else 1.0
         prefix = divergence(ref.text, text)
     elif is_ref:
         prefix = len(text)  # the reference itself
     need = m.min_prefix_chars
     gap = float(need - prefix) if need > 0 and prefix is not None and prefix < need else 0.0
     truncated = shorter(ratio, result.hit_cap, m.min_output_ratio)
+    no_answer = 0.0 if result.answered else 1.0
     problems = {}
+    if no_answer:
+        problems[FailureReason.NO_ANSWER] = f"{name}: no answer: cap reached while reasoning"
     if truncated > 0:
         problems[FailureReason.TRUNCATED] = f"{name} {ratio:.0%} of the baseline's output"
     if gap > 0:
@@ -53,6 +59,10 @@ def check(
     return Guarded(
         ratio,
         prefix,
-        {FailureReason.DIVERGED: gap, FailureReason.TRUNCATED: truncated},
+        {
+            FailureReason.DIVERGED: gap,
+            FailureReason.TRUNCATED: truncated,
+            FailureReason.NO_ANSWER: no_answer,
+        },
         problems,
     )

@@ -27,8 +27,24 @@ class Run:
     stop_reason: str  # "eos", "max_tokens", "context_length", or a backend's own word
     total_s: float
     backend_stats: dict[str, Any] = field(default_factory=dict)
-    #: the generated text (kept for the first measured run only: the divergence check)
+    #: the generated text (kept for the first measured run only: the divergence check); a
+    #: reasoning model's answer only
     text: str = ""
+    #: a reasoning model's tokens before its answer began (tags included)
+    reasoning_tokens: int = 0
+    #: from the request to the first token of the answer: what the person waiting feels
+    #: (None in runs stored before it was measured: their TTFT)
+    time_to_answer_s: float | None = None
+    #: the answer began before the cap ended the run (False: the cap came while reasoning)
+    answered: bool = True
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.output_tokens - self.reasoning_tokens
+
+    @property
+    def tta_s(self) -> float:
+        return self.ttft_s if self.time_to_answer_s is None else self.time_to_answer_s
 
     @staticmethod
     def from_timestamps(
@@ -39,12 +55,16 @@ class Run:
         end: float,
         backend_stats: dict[str, Any] | None = None,
         text: str = "",
+        reasoning_tokens: int = 0,
+        answered: bool = True,
     ) -> Run:
-        """Build a run from the perf_counter() time of the request and of each output token."""
+        """Build a run from the perf_counter() time of the request and of each output token
+        (the answer's first token being the one after ``reasoning_tokens``)."""
         n = len(token_times)
         ttft = token_times[0] - start if n else end - start
         span = token_times[-1] - token_times[0] if n > 1 else 0.0
         tok_s = (n - 1) / span if span > 0 else 0.0
+        tta = token_times[reasoning_tokens] - start if answered and reasoning_tokens < n else None
         return Run(
             ttft_s=ttft,
             decode_tok_s=tok_s,
@@ -54,6 +74,9 @@ class Run:
             total_s=end - start,
             backend_stats=dict(backend_stats or {}),
             text=text,
+            reasoning_tokens=reasoning_tokens,
+            time_to_answer_s=tta if answered else None,
+            answered=answered,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +147,24 @@ class WorkloadResult:
         """Every run stopped at the token cap: a short output is then not the model's choice."""
         return all(r.output_tokens >= self.max_tokens for r in self.runs)
 
+    @property
+    def reasoning_tokens(self) -> Spread:
+        return Spread.of([float(r.reasoning_tokens) for r in self.runs])
+
+    @property
+    def answer_tokens(self) -> Spread:
+        return Spread.of([float(r.answer_tokens) for r in self.runs])
+
+    @property
+    def tta_s(self) -> Spread:
+        """Time to the answer's first token (the TTFT of a model that does not reason)."""
+        return Spread.of([r.tta_s for r in self.runs])
+
+    @property
+    def answered(self) -> bool:
+        """Every run's answer began before the cap."""
+        return all(r.answered for r in self.runs)
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -150,6 +191,9 @@ class Estimate:
     #: the expected output over the time its decoding takes
     mean_tok_s: float
     completion_s: float
+    #: when the answer is expected to begin: TTFT, and a reasoning model's thinking at the
+    #: baseline's length (the TTFT of a model that does not reason)
+    answer_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

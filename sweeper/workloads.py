@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -29,6 +30,8 @@ class Workload:
     prompt: str
     max_tokens: int
     system: str | None = None
+    #: a GBNF grammar the output must follow (llama.cpp backends)
+    grammar: str | None = None
 
 
 class Sampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,9 +44,15 @@ class Sampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     top_p: float = 0.95
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    #: a reasoning model's effort (gpt-oss: low, medium, high), the same for every trial: it
+    #: changes how much the model thinks several-fold; None: the model's own default
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return msgspec.structs.asdict(self)
+        d = msgspec.structs.asdict(self)
+        if d["reasoning_effort"] is None:  # studies made before it existed stay the same
+            del d["reasoning_effort"]
+        return d
 
 
 def builtin(name: str, max_tokens: int | None = None) -> Workload:

@@ -1,5 +1,6 @@
 """The contract every backend keeps, run against each one (optuna's pytest_storages shape):
-the fake, llama.cpp on the real model, and LM Studio's protocol over a real socket.
+the fake, llama.cpp on the real model (in-process and as llama-server), and LM Studio's protocol
+over a real socket.
 A backend added later joins ``BACKENDS`` below and must pass the same tests."""
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from lmstudio_server import LMStudioTestServer, ServerModel
 from sweeper.backends import Backend, BackendBase, backend_class
 from sweeper.backends.fake import FakeBackend
 from sweeper.backends.llamacpp import LlamaCppBackend
+from sweeper.backends.llamaserver import LlamaServerBackend, find_binary
 from sweeper.backends.lmstudio import LMStudioBackend
 from sweeper.errors import GenerationError
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, builtin
 
-BACKENDS = ["fake", "llama.cpp", "lmstudio"]
+BACKENDS = ["fake", "llama.cpp", "llama-server", "lmstudio"]
 SHORT = builtin("short", 6)
 
 
@@ -29,6 +31,9 @@ def backend(request: pytest.FixtureRequest, model_path: str) -> Iterator[Backend
             yield b
     elif name == "llama.cpp":
         with LlamaCppBackend(model_path) as b:
+            yield b
+    elif name == "llama-server":
+        with LlamaServerBackend(model_path, find_binary(), 18) as b:
             yield b
     else:
         with (

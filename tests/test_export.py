@@ -121,8 +121,7 @@ FLAG_TO_LLAMA = {
     "-fa": "flash_attn",
     "-ctk": "type_k",
     "-ctv": "type_v",
-    "--no-mmap": "use_mmap",
-    "--mlock": "use_mlock",
+    "-lm": "use_mmap",  # and use_mlock: llama-server's --load-mode
     "-nkvo": "offload_kqv",
 }
 
@@ -131,7 +130,8 @@ def test_llama_server_flags_are_llama_cpps_own(preset: export.Preset) -> None:
     args = export.llama_server_args(preset.settings, "m.gguf", 18)
     llama_params = set(inspect.signature(Llama.__init__).parameters)
     assert set(FLAG_TO_LLAMA.values()) <= llama_params
-    flags = [a for a in args[3:] if a.startswith("-")]
+    assert args[:7] == ["llama-server", "-m", "m.gguf", "-np", "1", "--fit", "off"]
+    flags = [a for a in args[7:] if a.startswith("-")]
     for flag in flags:
         assert flag in FLAG_TO_LLAMA or flag == "--n-cpu-moe", flag
     values = dict(itertools.pairwise(args))
@@ -144,7 +144,8 @@ def test_llama_server_flags_are_llama_cpps_own(preset: export.Preset) -> None:
     )
     assert values["-fa"] == "on" and values["-ctk"] == values["-ctv"] == "q8_0"
     assert values["--n-cpu-moe"] == "3"
-    assert "--no-mmap" in args and "--mlock" not in args and "-nkvo" not in args
+    assert values["-lm"] == "none"  # no mmap, no mlock
+    assert "-nkvo" not in args  # the KV cache offloaded: llama-server's default
 
 
 def test_json_has_the_numbers_and_spread(preset: export.Preset) -> None:
@@ -206,3 +207,17 @@ def test_export_needs_a_workload(write_study: WriteStudy) -> None:
     result = CliRunner().invoke(cli, ["export", str(path)])
     assert result.exit_code == 2
     assert result.stderr == "error: give --workload NAME (short, long) or --all DIR\n"
+
+
+def test_the_reasoning_effort_travels_with_the_preset(preset: export.Preset) -> None:
+    """A preset measured with a reasoning effort holds only with it: every header names it,
+    and the llama-server command sets it."""
+    from dataclasses import replace
+
+    p = replace(preset, reasoning_effort="high")
+    for name, render in export.RENDER.items():
+        if name == "lmstudio":
+            continue  # LM Studio's preset JSON has no place for a note (nor for a custom field)
+        assert "reasoning effort high" in render(p) or '"reasoning_effort": "high"' in render(p)
+    assert "--reasoning-effort high" in export.llama_server_command(p)
+    assert "reasoning effort" not in preset.header()

@@ -70,13 +70,14 @@ class FakeBackend(BackendBase):
         self.settings = settings
         return {"model": self.model, **settings.to_dict()}
 
-    def generate(self, workload: Workload, sampling: Sampling) -> Run:
+    def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         if self.settings is None:
             raise GenerationError("generation_failed", "fake: no model loaded")
         return self.behaviour(self.settings, workload)
 
-    def unload(self) -> None:
+    def unload(self) -> dict[str, Any]:
         self.settings = None
+        return {}
 
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from typing import Any
 from sweeper import system
 
 
-def machine(backend: str, model: str) -> dict[str, Any]:
+def machine(backend: str, model: str, engine: str | None = None) -> dict[str, Any]:
+    """``engine``: the engine's own version when the backend knows it (llama-server's build)."""
     return {
         "host": platform.node(),
         "cpu": system.cpu_name(),
@@ -23,7 +24,8 @@ def machine(backend: str, model: str) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "backend": backend,
-        "backend_version": _version(
+        "backend_version": engine
+        or _version(
             {"llama.cpp": "llama-cpp-python", "lmstudio": "lmstudio"}.get(backend, "sweeper")
         ),
         "model": _model_identity(model),

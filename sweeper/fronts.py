@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from sweeper import fingerprint, stats
 from sweeper.measurement import Spread
-from sweeper.records import FULL, SCREEN, TrialRecord, baseline
+from sweeper.records import FULL, SCREEN, StoredWorkload, TrialRecord, baseline
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,24 @@ class Point:
     unreliable: bool = False
     #: "full" (every workload to its end, repeated) or "screen" (estimated from probes)
     fidelity: str = FULL
+    #: a reasoning model's: tokens before the answer, the answer's, and when the answer
+    #: began (measured); and the second objective, the expected time to the answer with the
+    #: baseline's amount of reasoning (None: it does not reason, the objective is TTFT)
+    reasoning_tokens: float = 0.0
+    answer_tokens: float | None = None
+    tta_s: Spread | None = None
+    wait_s: Spread | None = None
+
+    @property
+    def first_s(self) -> Spread:
+        """The second objective: the time to first token, or to the answer."""
+        return self.wait_s or self.ttft_s
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["tok_s"], d["ttft_s"] = self.tok_s.to_dict(), self.ttft_s.to_dict()
+        for key in ("tta_s", "wait_s"):
+            d[key] = d[key].to_dict() if d[key] is not None else None
         for key in ("delta_tok_s_ci", "delta_ttft_ci"):
             d[key] = d[key].to_list() if d[key] is not None else None
         return d
@@ -93,9 +107,22 @@ def points(recs: Sequence[TrialRecord], workload: str, fidelity: str = FULL) -> 
                 runs_tok_s=data.runs_tok_s,
                 runs_ttft_s=data.runs_ttft_s,
                 unreliable=r.number in shaky,
+                reasoning_tokens=data.reasoning_tokens,
+                answer_tokens=data.answer_tokens,
+                tta_s=data.tta_s,
+                wait_s=_wait(data, ref),
             )
         )
     return out
+
+
+def _wait(data: StoredWorkload, ref: StoredWorkload | None) -> Spread | None:
+    """Each run's time to first token plus the baseline's reasoning at its decode speed."""
+    thinking = ref.reasoning_tokens if ref is not None else data.reasoning_tokens
+    if not thinking:
+        return None
+    runs = zip(data.runs_tok_s, data.runs_ttft_s, strict=True)
+    return Spread.of([f + thinking / t for t, f in runs if t > 0] or [float("inf")])
 
 
 def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
@@ -129,6 +156,7 @@ def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
                 runs_ttft_s=[e.ttft_s],
                 unreliable=r.number in shaky,
                 fidelity=SCREEN,
+                wait_s=Spread.of([e.answer_s]) if e.answer_s not in (None, e.ttft_s) else None,
             )
         )
     return out
@@ -148,7 +176,7 @@ def unreliable(recs: Sequence[TrialRecord]) -> set[int]:
 def dominates(a: Point, b: Point) -> bool:
     """``a`` is at least as fast and as soon as ``b``, and better on one of them."""
     at, bt = a.tok_s.median, b.tok_s.median
-    af, bf = a.ttft_s.median, b.ttft_s.median
+    af, bf = a.first_s.median, b.first_s.median
     return at >= bt and af <= bf and (at > bt or af < bf)
 
 
@@ -186,6 +214,7 @@ def status(
         "trials": len(recs),
         "screened": sum(r.fidelity == SCREEN for r in measured),
         "measured_full": sum(r.fidelity == FULL for r in measured),
+        "repeats_answered": sum(r.duplicate_of is not None for r in recs),
         "states": dict(states),
         "complete": states.get("complete", 0),
         "feasible": states.get("complete", 0) - sum(reasons.values()),

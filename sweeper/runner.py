@@ -178,7 +178,9 @@ def measure(
         screen = screening.screen(backend, spec.workloads, spec.sampling, the_plan)
     gen_s = time.perf_counter() - gen_start
     gpu_mb = gpu_memory_used_mb()
-    backend.unload()
+    said = backend.unload()
+    if said:  # the engine's last words (llama-server: its memory breakdown per device)
+        applied = {**applied, "on_unload": said}
     return TrialOutcome(
         applied=applied,
         load_s=load_s,
@@ -192,7 +194,10 @@ def measure(
 
 def references(results: dict[str, WorkloadResult]) -> dict[str, Reference]:
     """Each workload's measured output length and text: what depth probes are made of."""
-    return {w: Reference(r.output_tokens.median, r.runs[0].text) for w, r in results.items()}
+    return {
+        w: Reference(r.output_tokens.median, r.runs[0].text, r.reasoning_tokens.median)
+        for w, r in results.items()
+    }
 
 
 def run_in_child(

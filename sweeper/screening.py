@@ -11,15 +11,14 @@ screening instead loads the configuration once and measures:
   its expected output: the baseline's measured output length, else the cap), each a prompt of
   real text (the baseline's own output) of that length, generating ``probe_tokens``.
 
-One set of depth probes serves every workload. From the speed-over-depth curve (linear between
-probes, flat beyond them) each workload's expected completion time is TTFT + the time to decode
-its expected output from its prompt's depth on, and its mean decode speed is the expected
-output over that time.
+One set of depth probes serves every workload. The seconds a token takes, fitted as a straight
+line over depth through the probes, give each workload's expected completion time: TTFT + the
+time to decode its expected output from its prompt's depth on; its mean decode speed is the
+expected output over that time.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -46,6 +45,9 @@ class Reference:
 
     tokens: float
     text: str = ""
+    #: a reasoning model's tokens before its answer (the baseline's: no configuration is
+    #: rewarded for thinking less by chance)
+    reasoning_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,43 +97,73 @@ def screen(
     depths = []
     for target in depth_targets(shallowest, int(deepest), plan.depths):
         prompt = probe_prompt(text, target - shallowest, per_token)
-        probe = Probe.of(backend.generate(Workload("depth", prompt, plan.probe_tokens), sampling))
+        probe_w = Workload("depth", prompt, plan.probe_tokens)
+        # each probe's prompt extends the previous one: what the engine holds need not be
+        # processed again (only the decode speed at depth is wanted here, not a TTFT)
+        probe = Probe.of(backend.generate(probe_w, sampling, reuse_prefix=True))
         depths.append(probe)
         if probe.depth > shallowest:  # the engine counted the tokens: size the next ones by it
             per_token = len(prompt) / (probe.depth - shallowest)
     curve = sorted([*prompts.values(), *depths], key=lambda p: p.depth)
     estimates = {
-        w.name: estimate(prompts[w.name], curve, refs[w.name].tokens, plan.probe_tokens)
+        w.name: estimate(
+            prompts[w.name],
+            curve,
+            refs[w.name].tokens,
+            plan.probe_tokens,
+            refs[w.name].reasoning_tokens,
+        )
         for w in workloads
     }
     return Screen(prompts, depths, estimates)
 
 
-def estimate(prompt: Probe, curve: Sequence[Probe], tokens: float, probe_tokens: int) -> Estimate:
+def estimate(
+    prompt: Probe,
+    curve: Sequence[Probe],
+    tokens: float,
+    probe_tokens: int,
+    reasoning_tokens: float = 0.0,
+) -> Estimate:
     """Expected completion of ``tokens`` output tokens after ``prompt``: its TTFT, then the
-    decode time from the prompt's depth on, read off the speed-over-depth curve (each probe's
-    speed taken at the middle of the tokens it decoded)."""
-    xs = [p.depth + probe_tokens / 2 for p in curve if p.decode_tok_s > 0]
-    ys = [p.decode_tok_s for p in curve if p.decode_tok_s > 0]
-    if not xs:
-        return Estimate(prompt.ttft_s, prompt.depth, tokens, 0.0, float("inf"))
-    seconds, steps = 0.0, max(1, min(64, round(tokens)))
-    width = tokens / steps
-    for i in range(steps):
-        seconds += width / _speed(xs, ys, prompt.depth + width * (i + 0.5))
-    mean = tokens / seconds if seconds > 0 else 0.0
-    return Estimate(prompt.ttft_s, prompt.depth, tokens, mean, prompt.ttft_s + seconds)
+    decode time from the prompt's depth on. The time a token takes grows linearly with the
+    depth it is decoded at (attention reads every cached token), so a straight line is fitted
+    through the probes' seconds per token (each probe at the middle of the tokens it decoded):
+    a least-squares fit over all probes, which a single noisy probe moves little."""
+    points = [(p.depth + probe_tokens / 2, 1 / p.decode_tok_s) for p in curve if p.decode_tok_s > 0]
+    if not points:
+        inf = float("inf")
+        return Estimate(prompt.ttft_s, prompt.depth, tokens, 0.0, inf, inf)
+    a, b = _line(points)
+    mean = sum(y for _, y in points) / len(points)
+
+    def decoding(n: float) -> float:
+        """The integral of a + b * d over the n tokens decoded from the prompt's depth on
+        (a fit that slopes below zero falls back to the mean seconds per token)."""
+        seconds = a * n + b * (prompt.depth * n + n * n / 2)
+        return seconds if seconds > 0 or n == 0 else n * mean
+
+    seconds = decoding(tokens)
+    return Estimate(
+        prompt.ttft_s,
+        prompt.depth,
+        tokens,
+        tokens / seconds if seconds > 0 else 0.0,
+        prompt.ttft_s + seconds,
+        prompt.ttft_s + decoding(reasoning_tokens),
+    )
 
 
-def _speed(xs: list[float], ys: list[float], depth: float) -> float:
-    """Linear between probes, flat beyond the first and the last."""
-    i = bisect.bisect_left(xs, depth)
-    if i == 0:
-        return ys[0]
-    if i == len(xs):
-        return ys[-1]
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return y0 + (y1 - y0) * (depth - x0) / (x1 - x0) if x1 > x0 else y1
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope (flat through one point, or one depth)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return my, 0.0
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
 
 
 def _capped(w: Workload, tokens: int) -> Workload:

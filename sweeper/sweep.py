@@ -29,12 +29,13 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import fingerprint, guards, records, schedule, storage, system
+from sweeper.backends import backend_class
 from sweeper.config import StudyConfig
 from sweeper.errors import FailureReason, TrialFailure
 from sweeper.fronts import pareto_front, points
 from sweeper.measure import Adaptive
-from sweeper.measurement import TrialOutcome
-from sweeper.records import FULL, SCREEN, Tag
+from sweeper.measurement import TrialOutcome, WorkloadResult
+from sweeper.records import FULL, SCREEN, StoredWorkload, Tag
 from sweeper.runner import ChildProcessRunner, Progress, Runner, TrialPlan, worker_spec
 from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings, invalid_combination
@@ -172,7 +173,7 @@ class Sweep:
             return None
         recs = records.load(study)
         fronts = {
-            w.name: [(p.tok_s.median, p.ttft_s.median) for p in pareto_front(points(recs, w.name))]
+            w.name: [(p.tok_s.median, p.first_s.median) for p in pareto_front(points(recs, w.name))]
             for w in self.config.workloads
         }
         return Adaptive(m.repeat_cap, m.target_ci, fronts)
@@ -266,7 +267,10 @@ class Sweep:
         m = self.config.measure
         base = records.baseline(records.load(study))
         refs = (
-            {w: Reference(d.output_tokens.median, d.text) for w, d in base.workloads.items()}
+            {
+                w: Reference(d.output_tokens.median, d.text, d.reasoning_tokens)
+                for w, d in base.workloads.items()
+            }
             if base
             else {}
         )
@@ -308,7 +312,7 @@ class Sweep:
             values = []
             for w in self.config.workloads:
                 e = outcome.screen.estimates[w.name]
-                values += [e.mean_tok_s, e.ttft_s]
+                values += [e.mean_tok_s, e.ttft_s if e.answer_s is None else e.answer_s]
             log.info(
                 "trial %d screened: %s",
                 trial.number,
@@ -326,7 +330,7 @@ class Sweep:
             records.workload(trial, result, g.prefix, g.output_ratio, g.constraints)
             for reason, what in g.problems.items():
                 problems.setdefault(reason, []).append(what)
-            values += [result.tok_s.median, result.ttft_s.median]
+            values += [result.tok_s.median, _wait(result, ref)]
         if problems:
             reason = next(r for r in records.GUARDS if r in problems)  # truncated first
             records.flagged(trial, reason, "; ".join(w for r in problems.values() for w in r))
@@ -366,7 +370,8 @@ def prepare(
     """Everything a sweep needs before its first trial, each check failing with one line:
     the backend and model, the storage, the study's identity and the machine."""
     spec = worker_spec(config, host)
-    machine = fingerprint.machine(config.backend, spec.model)
+    engine = backend_class(config.backend).engine_version(dict(spec.options))
+    machine = fingerprint.machine(config.backend, spec.model, engine)
     timeout = config.budget.trial_timeout_s
     sweep = Sweep(config, ChildProcessRunner(spec, timeout), storage_url, machine)
     sweep.round_runner = ChildProcessRunner(dataclasses.replace(spec, repeats=1), timeout)
@@ -391,6 +396,15 @@ def session(config: StudyConfig) -> Iterator[system.Stopping]:
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _wait(result: WorkloadResult, ref: StoredWorkload | None) -> float:
+    """The second objective: time to first token, or for a reasoning model the time to its
+    answer with the baseline's amount of reasoning at this configuration's decode speed (no
+    configuration is rewarded for reasoning less by chance)."""
+    thinking = ref.reasoning_tokens if ref is not None else result.reasoning_tokens.median
+    tok_s = result.tok_s.median
+    return result.ttft_s.median + (thinking / tok_s if thinking and tok_s > 0 else 0.0)
 
 
 def _earlier_baseline(trial: optuna.Trial) -> bool:

@@ -102,7 +102,10 @@ def _duration(seconds: float | None) -> str:
 def status_line(s: dict[str, Any]) -> str:
     line = f"{s['trials']} trials, {s['complete']} complete, {s['feasible']} feasible"
     if s.get("screened"):
-        line += f" ({s['screened']} screened, {s['measured_full']} measured in full)"
+        line += f" ({s['screened']} screened, {s['measured_full']} measured in full"
+        if s.get("repeats_answered"):
+            line += f", {s['repeats_answered']} repeated settings answered from storage"
+        line += ")"
     if s["infeasible"]:
         line += "; infeasible: " + ", ".join(f"{r} {n}" for r, n in s["infeasible"].items())
     others = {k: v for k, v in s["states"].items() if k != "complete"}
@@ -158,6 +161,7 @@ def front_table(
         within_noise = ci is not None and not ci.excludes_zero()
         return f"{'~' if within_noise else ''}{v:+.1f}%"
 
+    reasons = any(p.reasoning_tokens for p in front)  # a reasoning model: its answer apart
     rows = []
     for p in front:
         row: dict[str, Any] = {
@@ -167,6 +171,16 @@ def front_table(
             "tok/s": spread(p.tok_s, lambda v: f"{v:.2f}"),
             "TTFT s": spread(p.ttft_s, lambda v: f"{v:.3f}"),
             "out tok": f"{p.output_tokens:.0f}",
+            **(
+                {
+                    "think tok": f"{p.reasoning_tokens:.0f}",
+                    "answer tok": f"{p.answer_tokens or 0:.0f}",
+                    "answer s": spread(p.tta_s, lambda v: f"{v:.2f}") if p.tta_s else "",
+                    "expected answer s": f"{p.first_s.median:.2f}",
+                }
+                if reasons
+                else {}
+            ),
             "tok/s vs base": noisy(p.delta_tok_s_pct, p.delta_tok_s_ci),
             "TTFT vs base": noisy(p.delta_ttft_pct, p.delta_ttft_ci),
             "out/base": "" if p.output_ratio is None else f"{p.output_ratio:.2f}",

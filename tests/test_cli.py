@@ -76,7 +76,8 @@ ERRORS = [
     (
         ["run", "{path}"],
         {'backend = "fake"': 'backend = "nope"'},
-        "error: {path}: unknown backend 'nope'; choose one of: fake, llama.cpp, lmstudio\n",
+        "error: {path}: unknown backend 'nope'; choose one of: fake, llama-server, llama.cpp, "
+        "lmstudio\n",
     ),
     (
         ["run", "{path}"],
@@ -105,7 +106,15 @@ ERRORS = [
     (
         ["run", "{path}", "--storage", "postgresql://u:secret@127.0.0.1:9/db"],
         {},
-        "error: cannot open storage postgresql://u:***@127.0.0.1:9/db: ",
+        "error: cannot open storage postgresql://u:***@127.0.0.1:9/db: (psycopg.OperationalError)"
+        " connection failed",
+    ),
+    (
+        ["status", "{path}", "--storage", "mysql://u:secret@127.0.0.1:9/db"],
+        {},
+        "error: cannot open storage mysql://u:***@127.0.0.1:9/db: its database driver (MySQLdb) "
+        "is not installed: pip install 'mysqlclient' (or name an installed driver in the URL, "
+        "e.g. postgresql+psycopg2://)\n",
     ),
 ]
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from conftest import WriteStudy, run_fake
 from sweeper.backends.fake import FAKE_OOM_CONTEXT
 from sweeper.cli import cli
-from sweeper.report import pareto_figure, report_data
+from sweeper.report import report_data
+from sweeper.report_html import pareto_figure
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 

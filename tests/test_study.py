@@ -81,6 +81,8 @@ def test_measurements_are_stored_with_spread_and_raw_runs(write_study: WriteStud
         "truncated:long": 0.0,
         "diverged:short": 0.0,
         "diverged:long": 0.0,
+        "no_answer:short": 0.0,
+        "no_answer:long": 0.0,
     }
     assert t.user_attrs["applied"]["cpu_threads"] == 1
     assert t.user_attrs["mismatch"] == {}

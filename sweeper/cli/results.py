@@ -10,7 +10,7 @@ import click
 
 from sweeper import config as config_file
 from sweeper import export, fronts, records, terminal
-from sweeper import report as report_mod
+from sweeper import report_html as report_mod
 from sweeper.cli.common import fail, json_option, study_command
 from sweeper.files import write_atomic
 from sweeper.recommend import for_study
@@ -75,7 +75,9 @@ def report(study_file: str, storage: str | None, output: str | None, force: bool
 @click.command("export")
 @study_command
 @click.option("--workload", "-w", metavar="NAME", help="The workload whose preset to export.")
-@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="json")
+@click.option(
+    "--format", "fmt", type=click.Choice(export.FORMATS), default="json", metavar="FORMAT"
+)
 @click.option("-o", "--output", metavar="FILE", help="Write here instead of to stdout.")
 @click.option(
     "--all",
@@ -138,8 +140,8 @@ def export_cmd(
 
 @click.command()
 @study_command
-@click.option("--host", default="127.0.0.1", help="Address to bind; tunnel with ssh -L to share.")
-@click.option("--port", default=8080, type=int)
+@click.option("--host", default="127.0.0.1", metavar="HOST", help="Address to bind.")
+@click.option("--port", default=8080, type=int, metavar="PORT")
 def dashboard(study_file: str, storage: str | None, host: str, port: int) -> None:
     """Watch the study live in optuna-dashboard."""
     from optuna_dashboard import run_server

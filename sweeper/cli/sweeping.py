@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import optuna
 
 from sweeper import compare as comparison
@@ -139,7 +140,9 @@ def _confirm(
 @click.command("confirm")
 @study_command
 @click.option("--workload", "-w", metavar="NAME", help="Only this workload.")
-@click.option("--rounds", type=click.IntRange(min=2), help="Most rounds (default: the study's).")
+@click.option(
+    "--rounds", type=click.IntRange(min=2), metavar="N", help="Most rounds (default: the study's)."
+)
 @host_option
 def confirm_cmd(
     study_file: str, storage: str | None, workload: str | None, rounds: int | None, host: str | None
@@ -150,9 +153,8 @@ def confirm_cmd(
     config.check_workload(workload)
     if rounds:
         min_rounds = min(rounds, config.confirm.min_rounds)
-        config = replace(
-            config, confirm=replace(config.confirm, rounds=rounds, min_rounds=min_rounds)
-        )
+        c = msgspec.structs.replace(config.confirm, rounds=rounds, min_rounds=min_rounds)
+        config = replace(config, confirm=c)
     the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware=True)
     _confirm(study, config, the_sweep.round_runner, workload, again=True, machine=the_sweep.machine)
     click.echo(terminal.recommendations_text(for_study(study, config, workload)))
@@ -162,9 +164,9 @@ def confirm_cmd(
 @study_command
 @click.option("--config", "config_files", multiple=True, metavar="FILE.toml", help=CONFIG_HELP)
 @click.option("--trial", "trial_numbers", multiple=True, type=int, metavar="N", help=TRIAL_HELP)
-@click.option("--repeats", default=5, type=click.IntRange(min=2), help=ROUNDS_HELP)
-@click.option("--min-effect", default=0.01, type=float, help=MIN_EFFECT_HELP)
-@click.option("--level", default=stats.LEVEL, type=LEVELS, help=LEVEL_HELP)
+@click.option("--repeats", default=5, type=click.IntRange(min=2), metavar="N", help=ROUNDS_HELP)
+@click.option("--min-effect", default=0.01, type=float, metavar="X", help=MIN_EFFECT_HELP)
+@click.option("--level", default=stats.LEVEL, type=LEVELS, metavar="P", help=LEVEL_HELP)
 @host_option
 @json_option
 def compare(
@@ -212,9 +214,9 @@ def compare(
 @study_command
 @click.option("--timeout", metavar="DURATION", help="The budget, e.g. 8h (default: the file's).")
 @click.option("--trials", type=click.IntRange(min=1), metavar="N", help="Trials to plan for.")
-@click.option("--assume-tok-s", type=float, help="Decode speed, until the baseline is measured.")
-@click.option("--assume-load-s", type=float, help="Load time, until the baseline is measured.")
-@click.option("--assume-prefill-tok-s", type=float, help=PREFILL_HELP)
+@click.option("--assume-tok-s", type=float, metavar="TOK_S", help="Decode speed, until measured.")
+@click.option("--assume-load-s", type=float, metavar="SECONDS", help="Load time, until measured.")
+@click.option("--assume-prefill-tok-s", type=float, metavar="TOK_S", help=PREFILL_HELP)
 @json_option
 def plan_cmd(
     study_file: str,

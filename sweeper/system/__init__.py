@@ -36,6 +36,7 @@ from sweeper.system.processes import (  # noqa: E402
     die_with_parent,
     exit_description,
     hold_stop_signals,
+    run_capture,
     terminate_as_interrupt,
     watch_parent,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "maxrss_mb",
     "peak_rss_mb",
     "ram_gb",
+    "run_capture",
     "terminate_as_interrupt",
     "watch_parent",
 ]

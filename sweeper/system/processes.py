@@ -266,6 +266,15 @@ class Program:
         return p.returncode if p is not None else None
 
 
+def run_capture(argv: list[str], timeout_s: float = 30) -> str | None:
+    """A short command's output (stdout and stderr), or None when it cannot run."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout + done.stderr
+
+
 def _linux_death_signal() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 

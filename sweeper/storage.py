@@ -38,7 +38,9 @@ def open_storage(url: str, heartbeat_s: float = 30, grace_s: float = 120) -> RDB
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
-        engine_kwargs["pool_pre_ping"] = True  # survive a database restart overnight
+        # A connection per operation, closed after it (operations are seconds apart at most):
+        # nothing to go stale when the database restarts overnight, and nothing left open
+        engine_kwargs["poolclass"] = sqlalchemy.pool.NullPool
     try:
         for attempt in range(5):
             try:
@@ -55,12 +57,41 @@ def open_storage(url: str, heartbeat_s: float = 30, grace_s: float = 120) -> RDB
                     raise
                 time.sleep(0.5 + attempt)
         raise AssertionError("unreachable")
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        raise StorageError(f"cannot open storage {redact(url)}: {_missing_driver(exc)}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(
             f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}; "
             "check the storage URL and that the database server is running"
         ) from None
+
+
+#: Python module of a database driver -> the package that provides it.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysql": "mysql-connector-python",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
+
+
+def _missing_driver(exc: ImportError) -> str:
+    """Optuna says "Failed to import DB access module"; say which driver, and what to install."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    module = (getattr(cause, "name", None) or "").split(".")[0]
+    if not module:
+        return f"a database driver is missing ({exc}); install the one the URL names"
+    package = DRIVER_PACKAGES.get(module, module)
+    return (
+        f"its database driver ({module}) is not installed: pip install '{package}' "
+        "(or name an installed driver in the URL, e.g. postgresql+psycopg2://)"
+    )
 
 
 def open_study(

@@ -64,7 +64,8 @@ def postgres_url() -> Iterator[str]:
     )
     try:
         run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweeper", "sweeper")
-        yield f"postgresql+psycopg2://sweeper:not-a-secret@127.0.0.1:{port}/sweeper"
+        # the form the README shows (SQLAlchemy 2.1 takes psycopg 3 for it)
+        yield f"postgresql://sweeper:not-a-secret@127.0.0.1:{port}/sweeper"
     finally:
         run(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from conftest import FAKE_STUDY, REAL_STUDY, WriteStudy
 from sweeper.cli import cli
+from sweeper.storage import open_storage
 
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 TINY = (
@@ -40,7 +41,8 @@ def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgre
     for w, (out, err) in zip(workers, outputs, strict=True):
         assert w.returncode == 0, err
         assert "not-a-secret" not in out + err
-    study = optuna.load_study(study_name="real", storage=postgres_url)
+    # sweeper's own storage: a connection per operation, none left open for the GC to find
+    study = optuna.load_study(study_name="real", storage=open_storage(postgres_url))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 12
     numbers = [t.number for t in study.trials]
@@ -56,6 +58,16 @@ def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgre
     assert sum(summary["workers"].values()) == len(ran)
     text = CliRunner().invoke(cli, ["status", str(path), "--storage", postgres_url]).stdout
     assert "not-a-secret" not in text and "sweeper:***@" in text
+
+
+def test_psycopg2_urls_still_work(postgres_url: str, write_study: WriteStudy) -> None:
+    """Both drivers: the README's postgresql:// (psycopg 3) and postgresql+psycopg2://."""
+    path = write_study(FAKE_STUDY)
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg2://")
+    result = CliRunner().invoke(cli, ["run", str(path), "--storage", url, "--trials", "2"])
+    assert result.exit_code == 0, result.stderr
+    status = CliRunner().invoke(cli, ["status", str(path), "--storage", postgres_url, "--json"])
+    assert json.loads(status.stdout)["complete"] == 2  # one study, seen through either driver
 
 
 def _children(pid: int) -> list[int]:

@@ -81,6 +81,9 @@ bench: install
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/noise.py
 	$(BIN)/python benchmarks/confirm.py
+	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/python benchmarks/fidelity_llama_bench.py
+	$(BIN)/python benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html

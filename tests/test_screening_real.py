@@ -9,13 +9,10 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from conftest import REAL_STUDY, WriteStudy
-from lmstudio_server import LMStudioTestServer, ServerModel
+from conftest import REAL_STUDY, WriteStudy, open_backend
 from sweeper import config as studyfile
 from sweeper import records, screening
 from sweeper.backends import Backend
-from sweeper.backends.llamacpp import LlamaCppBackend
-from sweeper.backends.lmstudio import LMStudioBackend
 from sweeper.cli import cli
 from sweeper.fronts import points
 from sweeper.recommend import expected_completion_s
@@ -30,15 +27,8 @@ WORKLOADS = [builtin("short", 16), builtin("long", 24)]
 
 @pytest.fixture(params=["llama.cpp", "lmstudio"])
 def backend(request: pytest.FixtureRequest, model_path: str) -> Iterator[Backend]:
-    if request.param == "llama.cpp":
-        with LlamaCppBackend(model_path) as b:
-            yield b
-    else:
-        with (
-            LMStudioTestServer([ServerModel("google/gemma-3-270m", model_path)]) as srv,
-            LMStudioBackend("google/gemma-3-270m", host=srv.address) as b,
-        ):
-            yield b
+    with open_backend(request.param, model_path) as b:
+        yield b
 
 
 def test_probes_reach_the_depths_the_workloads_reach(backend: Backend) -> None:

@@ -121,8 +121,24 @@ class Spread:
         return Spread(d["median"], d["min"], d["max"], d["q1"], d["q3"], int(d["n"]))
 
 
+class RunsOfAWorkload:
+    """What a workload's runs say together, measured now or read back from storage."""
+
+    runs: tuple[Run, ...]
+
+    @property
+    def tta_s(self) -> Spread:
+        """Time to the answer's first token (the TTFT of a model that does not reason)."""
+        return Spread.of([r.tta_s for r in self.runs])
+
+    @property
+    def answered(self) -> bool:
+        """Every run's answer began before the cap."""
+        return all(r.answered for r in self.runs)
+
+
 @dataclass(frozen=True)
-class WorkloadResult:
+class WorkloadResult(RunsOfAWorkload):
     """All measured runs of one workload in one trial (warm-up kept apart)."""
 
     name: str
@@ -154,16 +170,6 @@ class WorkloadResult:
     @property
     def answer_tokens(self) -> Spread:
         return Spread.of([float(r.answer_tokens) for r in self.runs])
-
-    @property
-    def tta_s(self) -> Spread:
-        """Time to the answer's first token (the TTFT of a model that does not reason)."""
-        return Spread.of([r.tta_s for r in self.runs])
-
-    @property
-    def answered(self) -> bool:
-        """Every run's answer began before the cap."""
-        return all(r.answered for r in self.runs)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import FailureReason
-from sweeper.measurement import Confirmation, Estimate, Run, Screen, Spread, WorkloadResult
+from sweeper.measurement import (
+    Confirmation,
+    Estimate,
+    Run,
+    RunsOfAWorkload,
+    Screen,
+    Spread,
+    WorkloadResult,
+)
 from sweeper.settings import LoadSettings
 
 
@@ -46,7 +54,7 @@ FAILED = "failed"
 
 
 @dataclass(frozen=True)
-class StoredWorkload:
+class StoredWorkload(RunsOfAWorkload):
     """One workload's measurement in one trial, as stored."""
 
     tok_s: Spread
@@ -75,14 +83,6 @@ class StoredWorkload:
     @property
     def answer_tokens(self) -> float:
         return self.output_tokens.median - self.reasoning_tokens
-
-    @property
-    def tta_s(self) -> Spread:
-        return Spread.of([r.tta_s for r in self.runs])
-
-    @property
-    def answered(self) -> bool:
-        return all(r.answered for r in self.runs)
 
     @property
     def runs_tok_s(self) -> list[float]:

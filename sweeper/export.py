@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -181,14 +182,41 @@ RENDER: dict[str, Callable[[Preset], str]] = {
 
 
 def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
-    """Write LM Studio's per-model default config, backing up an existing one first."""
+    """Put the preset's load settings into LM Studio's per-model default config: only the load
+    keys sweeper measured are replaced, every other field of the file is kept (the user's
+    reasoning effort, system prompt, ...); an existing file is backed up first."""
     target = lmstudio_install_path(p.model)
+    new = json.loads(lmstudio_json(p))
     backup = None
     if target.exists():
+        try:
+            doc = json.loads(target.read_text(encoding="utf-8"))
+            fields = doc.setdefault("load", {}).setdefault("fields", [])
+            kept = [f for f in fields if f.get("key") not in _keys(new)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ExportError(
+                f"{target} is not an LM Studio config this sweeper can merge into; "
+                "move it away to install"
+            ) from None
         backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
         shutil.copy2(target, backup)
-    write_atomic(target, lmstudio_json(p), force=True)
+        doc["load"]["fields"] = kept + new["load"]["fields"]
+        new = doc
+    write_atomic(target, json.dumps(new, indent=2) + "\n", force=True)
     return target, backup
+
+
+def undo_install(target: Path, backup: Path | None) -> None:
+    """Put back what ``install_lmstudio`` replaced (no backup: there was no file)."""
+    if backup is None:
+        target.unlink(missing_ok=True)
+        return
+    shutil.copy2(backup, target)
+    backup.unlink()
+
+
+def _keys(doc: dict[str, Any]) -> set[str]:
+    return {f["key"] for f in doc["load"]["fields"]}
 
 
 def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Preset:

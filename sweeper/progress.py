@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -62,3 +63,31 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class JsonProgress:
+    """The same events as JSON lines on stdout, for a supervisor (``sweeper serve``): one line
+    a stage and a trial, so the service redraws a page when there is something new."""
+
+    def __init__(self, config: StudyConfig, out: Any = None) -> None:
+        self.config, self.out, self.stage_name = config, out or sys.stdout, ""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.out.write(json.dumps({"event": event, **fields}) + "\n")
+        self.out.flush()
+
+    def stage(self, name: str, total: int) -> None:
+        self.stage_name = name
+        self.emit("stage", stage=name, total=total)
+
+    def on_progress(self, kind: str, *args: Any) -> None:
+        if kind == "loading":  # the bar's percentages would be lines with nothing new
+            return
+        self.emit("progress", kind=kind, stage=self.stage_name)
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = records.read(trial).infeasible_reason()
+        self.emit("trial", number=trial.number, stage=self.stage_name, failure=reason)
+
+    def close(self) -> None:
+        self.emit("closed")

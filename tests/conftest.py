@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,6 +74,12 @@ max_tokens = 12
 """
 
 WriteStudy = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def _sweeper_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measurement lock and the service's queue of each test in its own folder."""
+    monkeypatch.setenv("SWEEPER_HOME", str(tmp_path / "sweeper-home"))
 
 
 @pytest.fixture
@@ -160,3 +168,11 @@ def front_points(study: Any, workload: str) -> Any:
 
 
 from postgres import postgres_url  # noqa: E402,F401  (a fixture, shared by the test modules)
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium for the browser tests (Playwright's own download is unreachable)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("SWEEPER_REQUIRE_BROWSER"):
+        pytest.fail("Debian's chromium is required here (SWEEPER_REQUIRE_BROWSER is set)")
+    return found

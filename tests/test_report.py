@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import WriteStudy, run_fake
+from conftest import WriteStudy, chromium_path, run_fake
 from sweeper.backends.fake import FAKE_OOM_CONTEXT
 from sweeper.cli import cli
 from sweeper.report import report_data
@@ -44,15 +42,8 @@ def test_report_data(write_study: WriteStudy) -> None:
     assert len(front_trace.x) == len(short.front)
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and os.environ.get("SWEEPER_REQUIRE_BROWSER"):
-        pytest.fail("Debian's chromium is required here (SWEEPER_REQUIRE_BROWSER is set)")
-    return found
-
-
 def test_the_report_renders_in_chromium(write_study: WriteStudy, tmp_path: Path) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     if chromium is None:
         pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
     from playwright.sync_api import sync_playwright

@@ -81,6 +81,8 @@ class BackendBase:
     measures_own_memory: ClassVar[bool] = True
     #: whether a workload's GBNF ``grammar`` reaches the engine
     takes_grammar: ClassVar[bool] = True
+    #: whether the study's model is an LM Studio model key (a preset can be installed there)
+    names_lmstudio_models: ClassVar[bool] = False
     #: Constructor options used when the backend runs in a worker process.
     worker_options: ClassVar[Mapping[str, Any]] = {}
 

@@ -45,6 +45,8 @@ def default_behaviour(settings: LoadSettings, workload: Workload) -> Run:
 class FakeBackend(BackendBase):
     name: ClassVar[str] = "fake"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
+    #: stands in for LM Studio's models in the service's install tests
+    names_lmstudio_models: ClassVar[bool] = True
 
     def __init__(self, model: str, behaviour: Behaviour | None = None) -> None:
         self.model = model

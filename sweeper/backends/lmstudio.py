@@ -201,6 +201,7 @@ class LMStudioBackend(BackendBase):
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
     measures_own_memory: ClassVar[bool] = False
     takes_grammar: ClassVar[bool] = False
+    names_lmstudio_models: ClassVar[bool] = True
 
     def __init__(self, model: str, host: str | None = None, n_layers: int | None = None) -> None:
         self.model_key = model

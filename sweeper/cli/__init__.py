@@ -12,7 +12,7 @@ import warnings
 import click
 import optuna
 
-from sweeper.cli import results, sweeping
+from sweeper.cli import results, serving, sweeping
 
 log = logging.getLogger("sweeper")
 
@@ -40,6 +40,7 @@ for command in (
     results.report,
     results.export_cmd,
     results.dashboard,
+    serving.serve,
 ):
     cli.add_command(command)
 

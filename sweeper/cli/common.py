@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from sweeper import lock
 from sweeper.errors import SweeperError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +49,21 @@ def study_command(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def measures(verb: str) -> Callable[[F], F]:
+    """The command measures: it holds the machine (see ``sweeper.lock``) while it runs."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            what = f"sweeper {verb} {kwargs.get('study_file', '')}".strip()
+            with lock.measuring(what, on_wait=lambda line: click.echo(line, err=True)):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -28,11 +28,12 @@ from sweeper.cli.common import (
     fail,
     host_option,
     json_option,
+    measures,
     study_command,
 )
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, TrialFailure
-from sweeper.progress import ProgressBar
+from sweeper.progress import JsonProgress, ProgressBar
 from sweeper.recommend import for_study
 from sweeper.runner import ChildProcessRunner, Runner, WorkerError, worker_spec
 from sweeper.storage import open_study, redact
@@ -42,11 +43,13 @@ log = logging.getLogger("sweeper")
 
 @click.command()
 @study_command
+@measures("run")
 @click.option("--trials", type=click.IntRange(min=1), metavar="N", help="Complete trials to reach.")
 @click.option("--timeout", metavar="DURATION", help="Start no new trial after this, e.g. 8h.")
 @host_option
 @click.option("--allow-mixed-hardware", is_flag=True, help="Join a study of another machine.")
 @click.option("--confirm/--no-confirm", "confirm_at_end", default=True, help=CONFIRM_HELP)
+@click.option("--progress", type=click.Choice(["bar", "json"]), default="bar", hidden=True)
 def run(
     study_file: str,
     storage: str | None,
@@ -55,6 +58,7 @@ def run(
     host: str | None,
     allow_mixed_hardware: bool,
     confirm_at_end: bool,
+    progress: str,
 ) -> None:
     """Run (or resume) the sweep described by STUDY.toml, then confirm its recommendations."""
     config = config_file.load(study_file)
@@ -70,7 +74,7 @@ def run(
     # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     log.info("run %s: target %d trials, storage %s", config.name, target, url)
-    bar = ProgressBar(config)
+    bar = ProgressBar(config) if progress == "bar" else JsonProgress(config)
     the_sweep.progress, the_sweep.on_stage = bar.on_progress, bar.stage
     ran, stopped = 0, None
     try:
@@ -102,6 +106,8 @@ def run(
             err=True,
         )
     if confirm_at_end and config.confirm.auto:
+        if isinstance(bar, JsonProgress):
+            bar.stage("confirmation", config.confirm.rounds)
         _confirm(
             study, config, the_sweep.round_runner, None, again=False, machine=the_sweep.machine
         )
@@ -139,6 +145,7 @@ def _confirm(
 
 @click.command("confirm")
 @study_command
+@measures("confirm")
 @click.option("--workload", "-w", metavar="NAME", help="Only this workload.")
 @click.option(
     "--rounds", type=click.IntRange(min=2), metavar="N", help="Most rounds (default: the study's)."
@@ -162,6 +169,7 @@ def confirm_cmd(
 
 @click.command()
 @study_command
+@measures("compare")
 @click.option("--config", "config_files", multiple=True, metavar="FILE.toml", help=CONFIG_HELP)
 @click.option("--trial", "trial_numbers", multiple=True, type=int, metavar="N", help=TRIAL_HELP)
 @click.option("--repeats", default=5, type=click.IntRange(min=2), metavar="N", help=ROUNDS_HELP)

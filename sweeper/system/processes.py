@@ -217,14 +217,24 @@ class Program:
     """An external program started by sweeper: its output goes to a log file, it dies with
     sweeper, and it is stopped gently (SIGTERM, Ctrl-Break) before for good."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.argv, self.log_path, self.env = argv, log_path, env
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        stdout_pipe: bool = False,
+    ) -> None:
+        """``stdout_pipe``: read the program's stdout (its progress) from ``process.stdout``;
+        stderr still goes to the log."""
+        self.argv, self.log_path, self.env, self.stdout_pipe = argv, log_path, env, stdout_pipe
         self.process: subprocess.Popen[bytes] | None = None
         self._watcher: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
             kwargs: dict[str, Any] = {"stdout": out, "stderr": subprocess.STDOUT, "env": self.env}
+            if self.stdout_pipe:
+                kwargs |= {"stdout": subprocess.PIPE, "stderr": out}
             if sys.platform == "win32":
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
             elif sys.platform == "linux":

@@ -1,0 +1,268 @@
+"""The web app: each page is a data function from ``pages`` drawn by a template, with its JSON
+twin under ``/api/`` (the same dict, so the API and the pages cannot drift). Forms and scripts
+post to the same handlers; a form gets a page or a redirect, a script gets JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import plotly
+from anyio import to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from sweeper import config as config_file
+from sweeper import export
+from sweeper.errors import SweeperError
+from sweeper.service import forms, pages
+from sweeper.service.events import Hub
+from sweeper.service.installs import Installs
+from sweeper.service.queue import Queue, Sweep
+from sweeper.service.security import Guard, study_path
+from sweeper.service.supervisor import Supervisor, timeout_seconds
+
+log = logging.getLogger("sweeper")
+HERE = Path(__file__).parent
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+class NotFound(SweeperError):
+    """No such sweep, study or workload."""
+
+
+class Service:
+    """What the app holds: the studies directory, the queue, its supervisor, the live hub."""
+
+    def __init__(self, studies: Path, state: Path) -> None:
+        self.studies = studies.resolve()
+        self.hub = Hub()
+        self.queue = Queue(state / "queue.json")
+        self.supervisor = Supervisor(self.queue, state / "logs", self.hub.publish)
+        self.installs = Installs(state / "installs.json")
+
+    def sweep(self, sweep_id: str) -> Sweep:
+        s = self.queue.get(sweep_id)
+        if s is None:
+            raise NotFound(f"no sweep {sweep_id!r}")
+        return s
+
+    def study(self, name: str) -> Path:
+        path = study_path(self.studies, name)
+        if not path.is_file():
+            raise NotFound(f"no study file {name!r} in {self.studies}")
+        return path
+
+
+async def _form(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise forms.FormError("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise forms.FormError("the body must be a JSON object")
+        return body
+    form = await request.form()
+    return {k: (form.getlist(k) if len(form.getlist(k)) > 1 else v) for k, v in form.items()}
+
+
+def create_app(
+    studies: Path,
+    state: Path,
+    bound_host: str = "127.0.0.1",
+    token: str | None = None,
+    supervise: bool = True,
+) -> Starlette:
+    service = Service(studies, state)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["spread"] = pages.spread_text
+    templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=1, default=str)
+
+    def page(template: str, data_fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def html(request: Request) -> Response:
+            try:
+                data = await data_fn(request)
+            except SweeperError as exc:
+                status = 404 if isinstance(exc, NotFound) else 400
+                return templates.TemplateResponse(
+                    request, "error.html", {"message": str(exc)}, status_code=status
+                )
+            return templates.TemplateResponse(request, template, data)
+
+        return html
+
+    def api(data_fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            try:
+                return JSONResponse(await data_fn(request))
+            except SweeperError as exc:
+                status = 404 if isinstance(exc, NotFound) else 400
+                return JSONResponse({"error": str(exc)}, status_code=status)
+
+        return handle
+
+    def action(data_fn: Handler, go: Callable[[dict[str, Any]], str]) -> Any:
+        """A POST from a form (redirect to the page to see) or a script (JSON)."""
+
+        async def handle(request: Request) -> Response:
+            try:
+                data = await data_fn(request)
+            except SweeperError as exc:
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+                return templates.TemplateResponse(
+                    request, "error.html", {"message": str(exc)}, status_code=400
+                )
+            if request.url.path.startswith("/api/"):
+                return JSONResponse(data)
+            return RedirectResponse(go(data), status_code=303)
+
+        return handle
+
+    async def studies_data(request: Request) -> dict[str, Any]:
+        return await to_thread.run_sync(pages.studies_page, service.studies, service.queue)
+
+    async def sweep_data(request: Request) -> dict[str, Any]:
+        sweep = service.sweep(request.path_params["id"])
+        return await to_thread.run_sync(pages.sweep_page, service.queue, sweep)
+
+    async def results_data(request: Request) -> dict[str, Any]:
+        path = service.study(request.path_params["file"])
+        data = await to_thread.run_sync(pages.results_page, path)
+        return data | {"installs": service.installs.for_study(path.name)}
+
+    async def new_data(request: Request) -> dict[str, Any]:
+        q = request.query_params
+        files = [p.name for p in pages.study_files(service.studies)]
+        data: dict[str, Any] = {"files": files, "form": dict(q), "fields": forms.FIELDS}
+        if q.get("study"):
+            path = service.study(q["study"])
+            config = config_file.load(str(path))
+            trials = forms.positive_int(q.get("trials"), "trials")
+            budget = q.get("budget") or None
+            timeout_s = timeout_seconds(budget) if budget else None
+            data |= await to_thread.run_sync(pages.plan_of, config, timeout_s, trials)
+        return data
+
+    async def queue_sweep(request: Request) -> dict[str, Any]:
+        form = await _form(request)
+        path = service.study(str(form.get("study", "")))
+        config_file.load(str(path))  # a broken file is said now, not at 3 a.m.
+        trials = forms.positive_int(form.get("trials"), "trials")
+        budget = str(form.get("budget") or "").strip() or None
+        if budget:
+            timeout_seconds(budget)
+        sweep = service.queue.add(Sweep(str(path), trials, budget))
+        service.hub.publish({"event": "queued", "sweep": sweep.id})
+        return sweep.to_dict()
+
+    async def stop_sweep(request: Request) -> dict[str, Any]:
+        sweep = service.sweep(request.path_params["id"])
+        service.supervisor.stop(sweep)
+        return sweep.to_dict()
+
+    async def resume_sweep(request: Request) -> dict[str, Any]:
+        sweep = service.sweep(request.path_params["id"])
+        service.supervisor.resume(sweep)
+        return sweep.to_dict()
+
+    async def new_study(request: Request) -> dict[str, Any]:
+        form = await _form(request)
+        path = await to_thread.run_sync(forms.write_study, service.studies, form)
+        return {"file": path.name}
+
+    async def install(request: Request) -> dict[str, Any]:
+        path = service.study(request.path_params["file"])
+        return await to_thread.run_sync(service.installs.install, path, request.path_params["w"])
+
+    async def undo(request: Request) -> dict[str, Any]:
+        return await to_thread.run_sync(service.installs.undo, request.path_params["n"])
+
+    async def preset(request: Request) -> Response:
+        path = service.study(request.path_params["file"])
+        fmt = request.path_params["fmt"]
+        if fmt not in export.FORMATS:
+            return JSONResponse({"error": f"unknown format {fmt!r}"}, status_code=404)
+        try:
+            text, name = await to_thread.run_sync(
+                forms.render_preset, path, request.path_params["w"], fmt
+            )
+        except SweeperError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        disposition = f'attachment; filename="{name}"'
+        return Response(text, media_type="text/plain", headers={"content-disposition": disposition})
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(service.hub.stream(), media_type="text/event-stream")
+
+    async def plotly_js(request: Request) -> Response:
+        return FileResponse(PLOTLY_JS, media_type="application/javascript")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        import asyncio
+
+        service.hub.loop = asyncio.get_running_loop()
+        if supervise:
+            service.supervisor.start()
+        try:
+            yield
+        finally:
+            service.hub.close()
+            if supervise:
+                await to_thread.run_sync(service.supervisor.close)
+
+    def to_sweep(d: dict[str, Any]) -> str:
+        return f"/sweeps/{d['id']}"
+
+    routes = [
+        Route("/", page("studies.html", studies_data)),
+        Route("/new", page("new.html", new_data)),
+        Route("/studies", action(new_study, lambda d: f"/new?study={d['file']}"), methods=["POST"]),
+        Route("/sweeps", action(queue_sweep, to_sweep), methods=["POST"]),
+        Route("/sweeps/{id}", page("sweep.html", sweep_data)),
+        Route("/sweeps/{id}/stop", action(stop_sweep, to_sweep), methods=["POST"]),
+        Route("/sweeps/{id}/resume", action(resume_sweep, to_sweep), methods=["POST"]),
+        Route("/studies/{file}", page("results.html", results_data)),
+        Route("/studies/{file}/presets/{w}/{fmt}", preset),
+        Route(
+            "/studies/{file}/install/{w}",
+            action(install, lambda d: f"/studies/{d['study']}"),
+            methods=["POST"],
+        ),
+        Route(
+            "/installs/{n}/undo", action(undo, lambda d: f"/studies/{d['study']}"), methods=["POST"]
+        ),
+        Route("/static/plotly.min.js", plotly_js),
+        Route("/api/studies", api(studies_data)),
+        Route("/api/new", api(new_data)),
+        Route("/api/studies", action(new_study, str), methods=["POST"]),
+        Route("/api/sweeps", api(studies_data)),
+        Route("/api/sweeps", action(queue_sweep, str), methods=["POST"]),
+        Route("/api/sweeps/{id}", api(sweep_data)),
+        Route("/api/sweeps/{id}/stop", action(stop_sweep, str), methods=["POST"]),
+        Route("/api/sweeps/{id}/resume", action(resume_sweep, str), methods=["POST"]),
+        Route("/api/studies/{file}", api(results_data)),
+        Route("/api/studies/{file}/install/{w}", action(install, str), methods=["POST"]),
+        Route("/api/installs/{n}/undo", action(undo, str), methods=["POST"]),
+        Route("/api/events", events),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(Guard, bound_host=bound_host, token=token)
+    return app

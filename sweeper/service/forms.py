@@ -1,0 +1,135 @@
+"""What the service's forms take: checked values (a bad one is a message on the page, never a
+500), a study file written from the new-sweep form (one format: the CLI runs it too), and a
+preset rendered for download."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sweeper import config as config_file
+from sweeper import export
+from sweeper.backends import BACKENDS
+from sweeper.errors import SweeperError
+from sweeper.files import write_atomic
+from sweeper.storage import open_study
+
+#: the settings the form offers, with the values it suggests sweeping
+FIELDS: dict[str, str] = {
+    "context_length": "4096, 8192, 16384",
+    "gpu_offload": "",
+    "eval_batch_size": "128, 512",
+    "cpu_threads": "",
+    "flash_attention": "false, true",
+    "k_cache_type": "f16, q8_0",
+    "v_cache_type": "f16, q8_0",
+    "mmap": "",
+    "cpu_moe_layers": "",
+}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class FormError(SweeperError):
+    """A form value that cannot be used, said on the page."""
+
+
+def positive_int(value: Any, what: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise FormError(f"{what}: {value!r} is not a whole number") from None
+    if n < 1:
+        raise FormError(f"{what}: must be at least 1")
+    return n
+
+
+def _value(text: str, what: str) -> Any:
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", text):
+        raise FormError(f"{what}: {text!r} is not a value")
+    return text
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def study_text(form: dict[str, Any]) -> tuple[str, str]:
+    """(file name, TOML) of the study the form describes."""
+    name = str(form.get("name", "")).strip()
+    if not NAME.fullmatch(name):
+        raise FormError("name: letters, digits, - and _ only (up to 64)")
+    backend = str(form.get("backend", ""))
+    if backend not in BACKENDS:
+        raise FormError(f"backend: choose one of {', '.join(sorted(BACKENDS))}")
+    model = str(form.get("model", "")).strip()
+    if not model:
+        raise FormError("model: which model to sweep (an LM Studio model key or a GGUF file)")
+    lines = [f"name = {_toml(name)}", f"backend = {_toml(backend)}", f"model = {_toml(model)}"]
+    trials = positive_int(form.get("trials"), "trials")
+    lines += ["", "[budget]", f"trials = {trials or 40}"]
+    baseline, space = [], []
+    for key in FIELDS:
+        base = str(form.get(f"baseline.{key}", "")).strip()
+        if base:
+            baseline.append(f"{key} = {_toml(_value(base, f'baseline {key}'))}")
+        swept = [v for v in str(form.get(f"space.{key}", "")).split(",") if v.strip()]
+        if len(swept) == 1:
+            raise FormError(f"{key}: give two or more values to sweep, or none")
+        if swept:
+            space.append(f"{key} = {_toml([_value(v, key) for v in swept])}")
+    if not space:
+        raise FormError("choose at least one setting to sweep (two or more values)")
+    lines += ["", "[baseline]", *baseline, "", "[space]", *space]
+    chosen = form.get("workloads", [])
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    for w in chosen:
+        if w not in ("short", "long"):
+            raise FormError(f"workloads: unknown built-in workload {w!r}")
+        lines += ["", "[[workloads]]", f"name = {_toml(w)}"]
+    prompt = str(form.get("prompt", "")).strip()
+    if prompt:
+        cap = positive_int(form.get("prompt_max_tokens"), "output tokens") or 512
+        lines += ["", "[[workloads]]", 'name = "mine"', f"prompt = {_toml(prompt)}"]
+        lines.append(f"max_tokens = {cap}")
+    if not chosen and not prompt:
+        raise FormError("workloads: tick one or write your own prompt")
+    return f"{name}.toml", "\n".join(lines) + "\n"
+
+
+def write_study(studies: Path, form: dict[str, Any]) -> Path:
+    """Write the form's study file into ``studies``; refused if one of that name exists or the
+    file does not load (it is removed again, and the reason said)."""
+    file_name, text = study_text(form)
+    path = studies / file_name
+    if path.exists():
+        raise FormError(f"name: a study file {file_name} exists; choose another name")
+    write_atomic(path, text)
+    try:
+        config_file.load(str(path))
+    except SweeperError as exc:
+        path.unlink()
+        raise FormError(str(exc)) from None
+    return path
+
+
+def render_preset(path: Path, workload: str, fmt: str) -> tuple[str, str]:
+    config = config_file.load(str(path))
+    config.check_workload(workload)
+    preset = export.preset_for(open_study(config), config, workload)
+    return export.RENDER[fmt](preset), f"{config.name}-{workload}{export.SUFFIX[fmt]}"

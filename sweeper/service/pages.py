@@ -1,0 +1,187 @@
+"""What each page shows, as plain data: one function per page, the same dict for the HTML page
+and its JSON twin under ``/api/``. Read from storage when asked (a page load, or a pushed event),
+never in a loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeper import config as config_file
+from sweeper import export, fronts, lock, plan, records, terminal
+from sweeper.backends import backend_class
+from sweeper.config import StudyConfig
+from sweeper.errors import StorageError, SweeperError
+from sweeper.measurement import Spread
+from sweeper.recommend import CONFIRMED, for_study
+from sweeper.service.queue import RUNNING, Queue, Sweep
+from sweeper.storage import open_study, redact
+
+
+def spread_text(s: Spread | dict[str, Any] | None, digits: int = 1) -> str:
+    """A median with its range, as every number sweeper shows carries its spread."""
+    if s is None:
+        return "–"
+    d = s.to_dict() if isinstance(s, Spread) else s
+    if d["n"] <= 1:
+        return f"{d['median']:.{digits}f}"
+    return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}–{d['max']:.{digits}f}, n={d['n']})"
+
+
+def _study(config: StudyConfig) -> Any | None:
+    try:
+        return open_study(config)
+    except StorageError:
+        return None
+
+
+def study_files(studies: Path) -> list[Path]:
+    return sorted(p for p in studies.glob("*.toml") if p.is_file())
+
+
+def studies_page(studies: Path, queue: Queue) -> dict[str, Any]:
+    """Every study under the studies directory: state, trials, best confirmed gain, when."""
+    rows = []
+    for path in study_files(studies):
+        row: dict[str, Any] = {"file": path.name}
+        try:
+            config = config_file.load(str(path))
+        except SweeperError as exc:
+            rows.append(row | {"error": str(exc), "state": "invalid"})
+            continue
+        latest = queue.latest(str(path))
+        row |= {
+            "name": config.name,
+            "backend": config.backend,
+            "model": config.model,
+            "storage": redact(config.storage),
+            "planned": config.budget.trials,
+            "sweep": latest.id if latest else None,
+        }
+        study = _study(config)
+        recs = records.load(study) if study is not None else []
+        done = [r.datetime_complete for r in recs if r.datetime_complete is not None]
+        row["trials_done"] = sum(r.state.name == "COMPLETE" for r in recs)
+        row["last_ran"] = max(done, default=None)
+        row["state"] = latest.state if latest else ("finished" if recs else "not run")
+        row["best"] = {}
+        if study is not None:
+            for w, view in for_study(study, config).items():
+                rec = view.recommendation
+                if rec is not None:
+                    row["best"][w] = {"status": rec.status, "claim": rec.claim()}
+        if row["last_ran"] is not None:
+            row["last_ran"] = row["last_ran"].isoformat(timespec="minutes")
+        rows.append(row)
+    return {"studies": rows, "sweeps": [s.to_dict() for s in queue.snapshot()]}
+
+
+def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
+    """One sweep, live: where it is, every trial with its spread, each workload's front."""
+    data: dict[str, Any] = {"sweep": sweep.to_dict(), "trials": [], "fronts": {}}
+    if sweep.state == RUNNING:
+        holder = lock.holder()
+        if holder is not None and holder.get("pid") != sweep.pid:
+            data["waiting_for"] = lock.describe(holder)
+    try:
+        config = config_file.load(sweep.study)
+    except SweeperError as exc:
+        return data | {"error": str(exc)}
+    data["planned"] = sweep.trials or config.budget.trials
+    study = _study(config)
+    if study is None:
+        return data
+    recs = records.load(study)
+    names = [w.name for w in config.workloads]
+    for r in recs:
+        row: dict[str, Any] = {
+            "number": r.number,
+            "state": r.state.name.lower(),
+            "stage": r.fidelity,
+            "tag": r.tag,
+            "settings": r.settings or r.params,
+            "failure": r.infeasible_reason(),
+            "detail": r.failure_detail,
+            "workloads": {},
+        }
+        for w in names:
+            est = r.estimates.get(w)
+            if w in r.workloads:
+                stored = r.workloads[w]
+                row["workloads"][w] = {
+                    "tok_s": spread_text(stored.tok_s),
+                    "ttft_s": spread_text(stored.ttft_s, 2),
+                }
+            elif est is not None:
+                row["workloads"][w] = {
+                    "tok_s": f"~{est.mean_tok_s:.1f} (screening estimate)",
+                    "ttft_s": f"~{est.ttft_s:.2f}",
+                }
+        data["trials"].append(row)
+    data["complete"] = done = records.complete(study)
+    started = sweep.started
+    ran = sum(
+        1
+        for r in recs
+        if started and r.datetime_complete and r.datetime_complete.timestamp() >= started
+    )
+    if sweep.state == RUNNING and started and ran:
+        # at this sweep's pace so far; stages differ in cost, so a guide, said as one
+        data["eta_s"] = (time.time() - started) / ran * max(0, data["planned"] - done)
+    status = fronts.status(recs, names, records.drift_events(study))
+    data["drift"] = [terminal.drift_line(e) for e in status.get("drift_events", [])]
+    for w in names:
+        data["fronts"][w] = [
+            {"trial": p.trial, "tok_s": p.tok_s.median, "ttft_s": p.ttft_s.median}
+            for p in fronts.points(recs, w)
+        ]
+    return data
+
+
+def results_page(path: Path) -> dict[str, Any]:
+    """Per workload: the recommendation (confirmed or not), the front, the presets."""
+    config = config_file.load(str(path))
+    study = open_study(config)
+    out: dict[str, Any] = {"file": path.name, "name": config.name, "workloads": {}}
+    for w, view in for_study(study, config).items():
+        rec = view.recommendation
+        out["workloads"][w] = {
+            "recommendation": rec.to_dict() if rec else None,
+            "front": [
+                {
+                    "trial": p.trial,
+                    "tok_s": spread_text(p.tok_s),
+                    "ttft_s": spread_text(p.ttft_s, 2),
+                    "settings": p.settings,
+                    "x": p.ttft_s.median,
+                    "y": p.tok_s.median,
+                }
+                for p in view.front
+            ],
+            "formats": list(export.FORMATS) if rec and rec.status != "keep" else [],
+            "installable": bool(
+                rec
+                and rec.status == CONFIRMED
+                and backend_class(config.backend).names_lmstudio_models
+            ),
+        }
+    return out
+
+
+def plan_of(config: StudyConfig, timeout_s: float | None, trials: int | None) -> dict[str, Any]:
+    """``sweeper plan``'s answer, or why there is none yet."""
+    try:
+        recs = records.load(open_study(config))
+    except StorageError:
+        recs = []
+    speeds = plan.speeds(config, recs)
+    if speeds is None:
+        return {"plan": None, "why": "no measured baseline yet: the first trial measures it"}
+    night = plan.plan(config, speeds, recs, timeout_s or config.budget.timeout_s, trials)
+    return {"plan": night.to_dict(), "summary": plan.summary(night)}
+
+
+def now_iso() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")

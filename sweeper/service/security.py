@@ -1,0 +1,112 @@
+"""What guards every request: the Host header (DNS rebinding), the token (a non-loopback
+address), cross-site state changes, and paths that must stay inside the studies directory.
+
+Cross-site requests are refused the way Go's ``net/http.CrossOriginProtection`` does it: a
+browser sends ``Sec-Fetch-Site`` (or at least ``Origin``) with every POST; a script sends
+neither and is not a browser a page could drive."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sweeper.errors import SweeperError
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+TOKEN_COOKIE = "sweeper_token"
+
+
+class PathRefused(SweeperError):
+    """A study path outside the studies directory."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def study_path(studies: Path, name: str) -> Path:
+    """``name`` as a study file inside ``studies``; anything that would leave it is refused
+    (``..``, an absolute path, a symlink out of it)."""
+    candidate = Path(name)
+    if not name or candidate.is_absolute() or ".." in candidate.parts or candidate.drive:
+        raise PathRefused(f"{name!r}: a study must be a file inside the studies directory")
+    if candidate.suffix != ".toml":
+        raise PathRefused(f"{name!r}: a study file ends in .toml")
+    root = studies.resolve()
+    path = (root / candidate).resolve()
+    if not path.is_relative_to(root):
+        raise PathRefused(f"{name!r}: leads out of the studies directory")
+    return path
+
+
+def _host_only(host_header: str) -> str:
+    return urlsplit(f"//{host_header}").hostname or ""
+
+
+class Guard:
+    """ASGI middleware: refuse foreign Host headers, missing tokens and cross-site changes."""
+
+    def __init__(self, app: ASGIApp, bound_host: str, token: str | None) -> None:
+        self.app, self.token = app, token
+        wildcard = bound_host in ("0.0.0.0", "::", "")
+        self.allowed = (
+            None if wildcard else {bound_host.strip("[]"), "localhost", "127.0.0.1", "::1"}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        response = self.check(scope, headers)
+        if response is None:
+            await self.app(scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    def check(self, scope: Scope, headers: Headers) -> Response | None:
+        host = headers.get("host", "")
+        if self.allowed is not None and _host_only(host) not in self.allowed:
+            return PlainTextResponse(f"refused: unknown Host {host!r}", status_code=421)
+        if self.token is not None:
+            given = _token_of(scope, headers)
+            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+                return PlainTextResponse("refused: a token is required", status_code=401)
+            query = scope.get("query_string", b"").decode()
+            if scope["method"] == "GET" and query.startswith("token="):
+                redirect = RedirectResponse(scope["path"], status_code=303)
+                redirect.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
+                return redirect
+        if scope["method"] not in SAFE_METHODS:
+            site = headers.get("sec-fetch-site")
+            origin = headers.get("origin")
+            if site is not None and site not in ("same-origin", "none"):
+                return PlainTextResponse("refused: a cross-site request", status_code=403)
+            if site is None and origin is not None and urlsplit(origin).netloc != host:
+                return PlainTextResponse("refused: a cross-origin request", status_code=403)
+        return None
+
+
+def _token_of(scope: Scope, headers: Headers) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer ") :]
+    query = bytes(scope.get("query_string", b"")).decode()
+    if query.startswith("token="):
+        return query[len("token=") :].split("&")[0]
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE:
+            return value
+    return None

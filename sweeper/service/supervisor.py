@@ -1,0 +1,154 @@
+"""Runs the queue: one sweep at a time, each a supervised ``sweeper run`` child started through
+the same process code as every child sweeper starts (it dies with the service, on every OS). The
+child reports on its stdout, a JSON line per stage and trial; nothing here polls the database."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sweeper.config import parse_duration
+from sweeper.errors import StudyFileError
+from sweeper.service.queue import FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Queue, Sweep
+from sweeper.system import Program
+
+log = logging.getLogger("sweeper")
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+def timeout_seconds(text: str, now: dt.datetime | None = None) -> float:
+    """A budget as the form takes it: a duration ("8h") or a clock time ("until 07:00", the
+    next one to come)."""
+    text = text.strip()
+    if text.lower().startswith("until"):
+        clock = text[5:].strip()
+        try:
+            at = dt.datetime.strptime(clock, "%H:%M").time()
+        except ValueError:
+            raise StudyFileError(
+                f"budget: {clock!r} is not a time; write e.g. until 07:00"
+            ) from None
+        now = now or dt.datetime.now()
+        end = dt.datetime.combine(now.date(), at)
+        if end <= now:
+            end += dt.timedelta(days=1)
+        return (end - now).total_seconds()
+    return parse_duration(text, "budget")
+
+
+def command(sweep: Sweep, python: str = sys.executable) -> list[str]:
+    argv = [python, "-m", "sweeper", "run", sweep.study, "--progress", "json"]
+    if sweep.trials:
+        argv += ["--trials", str(sweep.trials)]
+    if sweep.timeout:
+        argv += ["--timeout", f"{timeout_seconds(sweep.timeout):.0f}s"]
+    return argv
+
+
+class Supervisor:
+    """The thread that takes the next queued sweep, runs it, and says what happened."""
+
+    def __init__(self, queue: Queue, logs: Path, publish: Publish) -> None:
+        self.queue, self.logs, self.publish = queue, logs, publish
+        self.program: Program | None = None
+        self.current: Sweep | None = None
+        self._stop_requested: set[str] = set()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="sweeper-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for s in self.queue.recover():
+            log.info("sweep %s (%s) was cut off; it resumes first", s.id, s.name)
+        self._thread.start()
+
+    def close(self) -> None:
+        """The service ends: its running sweep stops cleanly and resumes on the next start."""
+        with self.queue.changed:
+            self._closing = True
+            self.queue.changed.notify_all()
+        if self.program is not None:
+            self.program.stop()
+        self._thread.join(30)
+
+    def stop(self, sweep: Sweep) -> None:
+        """Stop a sweep: a queued one never starts; a running one ends its trial cleanly (the
+        trial runs again on resume; completed trials are kept)."""
+        if sweep.state == QUEUED:
+            self.queue.update(sweep, state=STOPPED, message="stopped before it started")
+        elif sweep.state == RUNNING and self.current is not None and self.current.id == sweep.id:
+            self._stop_requested.add(sweep.id)
+            if self.program is not None:
+                threading.Thread(target=self.program.stop, daemon=True).start()
+        self.publish({"event": "changed", "sweep": sweep.id})
+
+    def resume(self, sweep: Sweep) -> None:
+        if sweep.state in (STOPPED, FAILED, FINISHED):
+            self.queue.update(sweep, state=QUEUED, message="queued again")
+            self.publish({"event": "changed", "sweep": sweep.id})
+
+    def _loop(self) -> None:
+        while True:
+            with self.queue.changed:
+                if self._closing:
+                    return
+                sweep = self.queue.next_queued()
+                if sweep is None:
+                    self.queue.changed.wait(5)
+                    continue
+            self._run(sweep)
+
+    def _run(self, sweep: Sweep) -> None:
+        log_path = self.logs / f"{sweep.id}.log"
+        try:
+            argv = command(sweep)
+        except StudyFileError as exc:
+            self.queue.update(sweep, state=FAILED, message=str(exc), ended=time.time())
+            return
+        program = Program(argv, log_path, stdout_pipe=True)
+        self.current, self.program = sweep, program
+        program.start()
+        assert program.process is not None and program.process.stdout is not None
+        self.queue.update(
+            sweep, state=RUNNING, pid=program.process.pid, started=time.time(), log=str(log_path)
+        )
+        self.publish({"event": "started", "sweep": sweep.id})
+        with program.process.stdout as out:
+            for raw in out:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(raw)
+                    if event.get("event") == "stage":
+                        self.queue.update(sweep, stage=event["stage"])
+                    self.publish({**event, "sweep": sweep.id})
+        rc = program.process.wait()
+        if self._closing and sweep.id not in self._stop_requested:
+            state, message = QUEUED, "the service stopped; it resumes when the service starts"
+        elif sweep.id in self._stop_requested:
+            state, message = STOPPED, "stopped; completed trials are kept"
+        elif rc == 0:
+            state, message = FINISHED, ""
+        else:
+            state, message = FAILED, _last_error(log_path) or f"sweeper run exited with {rc}"
+        self.queue.update(
+            sweep, state=state, message=message, ended=time.time(), pid=None, stage=""
+        )
+        self.current = self.program = None
+        self.publish({"event": "ended", "sweep": sweep.id, "state": state})
+
+
+def _last_error(log_path: Path) -> str | None:
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line for line in lines if line.startswith("error:")]
+    return errors[-1] if errors else None

@@ -1,0 +1,316 @@
+"""`sweeper serve` in-process (httpx over ASGI through Starlette's TestClient): every endpoint,
+the guards (Host, token, cross-site, paths, passwords), bad form values, the queue run by the
+supervisor with the fake backend, installing into LM Studio and undoing it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from conftest import FAKE_STUDY
+from sweeper import lock
+from sweeper.cli import cli
+from sweeper.service.app import create_app
+from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
+from sweeper.service.supervisor import timeout_seconds
+
+SLOW = FAKE_STUDY.replace('model = "fake-model"', 'model = "fake:slow"')
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> Path:
+    d = tmp_path / "studies"
+    d.mkdir()
+    (d / "fake.toml").write_text(FAKE_STUDY)
+    return d
+
+
+def client(studies: Path, tmp_path: Path, **kw: Any) -> TestClient:
+    app = create_app(studies, tmp_path / "state", **kw)
+    return TestClient(app, base_url="http://127.0.0.1:8765")
+
+
+@pytest.fixture
+def web(studies: Path, tmp_path: Path) -> Iterator[TestClient]:
+    with client(studies, tmp_path, supervise=False) as c:
+        yield c
+
+
+def wait_for(
+    c: TestClient, sweep_id: str, states: set[str], timeout_s: float = 60
+) -> dict[str, Any]:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        data: dict[str, Any] = c.get(f"/api/sweeps/{sweep_id}").json()
+        if data["sweep"]["state"] in states:
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"sweep {sweep_id} never reached {states}: {data['sweep']}")
+
+
+def test_the_studies_page_and_its_json_twin(web: TestClient) -> None:
+    api = web.get("/api/studies").json()
+    (row,) = api["studies"]
+    assert (row["file"], row["state"], row["trials_done"], row["planned"]) == (
+        "fake.toml",
+        "not run",
+        0,
+        4,
+    )
+    page = web.get("/")
+    assert page.status_code == 200 and 'data-file="fake.toml"' in page.text
+    assert web.get("/static/plotly.min.js").headers["content-type"] == "application/javascript"
+
+
+def test_a_foreign_host_is_refused(web: TestClient) -> None:
+    assert web.get("/", headers={"Host": "evil.example:8765"}).status_code == 421
+    assert web.get("/", headers={"Host": "localhost:8765"}).status_code == 200
+
+
+def test_a_token_is_required_off_loopback(studies: Path, tmp_path: Path) -> None:
+    with client(studies, tmp_path, bound_host="0.0.0.0", token="s3cret", supervise=False) as c:
+        assert c.get("/api/studies").status_code == 401
+        assert c.get("/api/studies", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.get("/api/studies", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        signed = c.get("/?token=s3cret", follow_redirects=False)
+        assert signed.status_code == 303 and signed.headers["location"] == "/"
+        assert c.get("/").status_code == 200  # the cookie the sign-in URL set
+
+
+def test_cross_site_posts_are_refused(web: TestClient) -> None:
+    body = {"study": "fake.toml"}
+    cross = web.post("/api/sweeps", json=body, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403
+    origin = web.post("/sweeps", data=body, headers={"Origin": "http://evil.example"})
+    assert origin.status_code == 403
+    same = web.post(
+        "/sweeps",
+        data=body,
+        headers={"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"},
+        follow_redirects=False,
+    )
+    assert same.status_code == 303 and same.headers["location"].startswith("/sweeps/")
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "out.toml", "../x.toml"])
+def test_paths_out_of_the_studies_directory_are_refused(
+    web: TestClient, studies: Path, tmp_path: Path, name: str
+) -> None:
+    (tmp_path / "elsewhere.toml").write_text(FAKE_STUDY)
+    (studies / "out.toml").symlink_to(tmp_path / "elsewhere.toml")
+    r = web.post("/api/sweeps", json={"study": name})
+    assert r.status_code == 400
+    assert "studies directory" in r.json()["error"] or "ends in .toml" in r.json()["error"]
+    assert web.get("/api/sweeps").json()["sweeps"] == []
+
+
+def test_storage_passwords_never_show(web: TestClient, studies: Path) -> None:
+    (studies / "shared.toml").write_text(
+        FAKE_STUDY.replace(
+            'name = "fake"', 'name = "shared"\nstorage = "postgresql://me:hunter2@127.0.0.1:9/db"'
+        )
+    )
+    for path in ("/", "/api/studies", "/new?study=shared.toml", "/api/studies/shared.toml"):
+        r = web.get(path)
+        assert "hunter2" not in r.text, path
+        assert r.status_code < 500, path
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"study": "fake.toml", "trials": "lots"}, "trials: &#39;lots&#39; is not a whole number"),
+        ({"study": "fake.toml", "trials": "0"}, "trials: must be at least 1"),
+        (
+            {"study": "fake.toml", "budget": "tomorrow"},
+            "budget: &#39;tomorrow&#39; is not a duration",
+        ),
+        ({"study": "fake.toml", "budget": "until 25:99"}, "is not a time; write e.g. until 07:00"),
+        ({"study": "nope.toml"}, "no study file &#39;nope.toml&#39;"),
+    ],
+)
+def test_bad_form_values_get_a_message_on_the_page(
+    web: TestClient, form: dict[str, str], message: str
+) -> None:
+    r = web.post("/sweeps", data=form)
+    assert r.status_code in (400, 404)
+    assert message in r.text and "Traceback" not in r.text
+
+
+def test_a_study_written_from_the_form_runs_in_the_cli(web: TestClient, studies: Path) -> None:
+    form = {
+        "name": "mine",
+        "backend": "fake",
+        "model": "fake-model",
+        "trials": "3",
+        "baseline.context_length": "4096",
+        "space.cpu_threads": "1, 2",
+        "space.flash_attention": "false, true",
+        "workloads": ["short"],
+        "prompt": 'Say "hi"',
+    }
+    r = web.post("/studies", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/new?study=mine.toml"
+    text = (studies / "mine.toml").read_text()
+    assert 'prompt = "Say \\"hi\\""' in text and "cpu_threads = [1, 2]" in text
+    result = CliRunner().invoke(cli, ["plan", str(studies / "mine.toml"), "--assume-tok-s", "10"])
+    assert result.exit_code == 0, result.stderr
+    again = web.post("/studies", data=form)
+    assert again.status_code == 400 and "a study file mine.toml exists" in again.text
+    bad = web.post("/studies", data=form | {"name": "x", "space.cpu_threads": "2"})
+    assert "give two or more values to sweep" in bad.text
+    assert not (studies / "x.toml").exists()
+
+
+def test_the_plan_is_shown_before_anything_starts(web: TestClient, studies: Path) -> None:
+    page = web.get("/new?study=fake.toml&trials=3")
+    assert page.status_code == 200 and "no measured baseline yet" in page.text
+    CliRunner().invoke(cli, ["run", str(studies / "fake.toml"), "--trials", "2", "--no-confirm"])
+    planned = web.get("/api/new?study=fake.toml&budget=1h").json()
+    assert planned["plan"]["screening_trials"] >= 0 and "configurations" in planned["summary"]
+
+
+def test_the_queue_runs_one_sweep_at_a_time_and_stops_cleanly(
+    studies: Path, tmp_path: Path
+) -> None:
+    (studies / "slow.toml").write_text(
+        SLOW.replace("trials = 4", "trials = 30").replace('name = "fake"', 'name = "slow"')
+    )
+    with client(studies, tmp_path) as c:
+        first = c.post("/api/sweeps", json={"study": "slow.toml"}).json()
+        second = c.post("/api/sweeps", json={"study": "fake.toml", "trials": 2}).json()
+        wait_for(c, first["id"], {RUNNING})
+        end = time.monotonic() + 60
+        while c.get(f"/api/sweeps/{first['id']}").json().get("complete", 0) < 2:
+            assert time.monotonic() < end
+            time.sleep(0.2)
+        assert c.get(f"/api/sweeps/{second['id']}").json()["sweep"]["state"] == QUEUED
+        c.post(f"/api/sweeps/{first['id']}/stop")
+        stopped = wait_for(c, first["id"], {STOPPED})
+        assert stopped["complete"] >= 2
+        assert "completed trials are kept" in stopped["sweep"]["message"]
+        done = wait_for(c, second["id"], {"finished", "failed"})
+        assert done["sweep"]["state"] == "finished", done["sweep"]["message"]
+        assert done["complete"] == 2
+        listing = c.get("/api/studies").json()
+        states = {s["file"]: s["state"] for s in listing["studies"]}
+        assert states == {"fake.toml": "finished", "slow.toml": "stopped"}
+    assert lock.holder() is None
+
+
+def test_a_sweep_cut_off_by_the_service_resumes_first(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue.json")
+    waiting = q.add(Sweep("/s/a.toml"))
+    cut = q.add(Sweep("/s/b.toml"))
+    q.update(cut, state=RUNNING, pid=999999)
+    again = Queue(tmp_path / "queue.json")
+    assert [s.id for s in again.recover()] == [cut.id]
+    assert again.next_queued().id == cut.id  # type: ignore[union-attr]
+    assert again.get(cut.id).message == "resumed: the service stopped while it ran"  # type: ignore[union-attr]
+    assert again.get(waiting.id).state == QUEUED  # type: ignore[union-attr]
+
+
+def test_a_budget_until_a_clock_time_is_the_next_one() -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 11, 25, 23, 0)
+    assert timeout_seconds("until 07:00", now) == 8 * 3600
+    assert timeout_seconds("until 23:30", now) == 1800
+    assert timeout_seconds("90m", now) == 5400
+
+
+def test_a_cli_run_waits_for_the_machine(studies: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "sweeper", "run", str(studies / "fake.toml"), "--no-confirm"]
+    with lock.measuring("a test holding the machine"):
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith(
+            "waiting for another measurement to finish: a test holding the machine (pid "
+        ), line
+        time.sleep(1)
+        assert proc.poll() is None
+        assert lock.holder()["what"] == "a test holding the machine"  # type: ignore[index]
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "ran 4 trials" in out
+
+
+LMSTUDIO_CONFIG = {
+    "preset": "",
+    "operation": {"fields": [{"key": "llm.prediction.reasoning.effort", "value": "high"}]},
+    "load": {
+        "fields": [
+            {"key": "llm.load.contextLength", "value": 999},
+            {"key": "llm.load.someUserSetting", "value": 7},
+        ]
+    },
+}
+
+
+def test_install_in_lmstudio_keeps_other_fields_and_undoes(
+    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["run", str(studies / "fake.toml")])
+    assert result.exit_code == 0, result.stderr
+    data = web.get("/api/studies/fake.toml").json()
+    short = data["workloads"]["short"]
+    assert short["recommendation"]["status"] == "confirmed" and short["installable"]
+    target = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config/fake-model.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(LMSTUDIO_CONFIG))
+    preset = web.get("/studies/fake.toml/presets/short/lmstudio")
+    assert 'filename="fake-short.json"' in preset.headers["content-disposition"]
+    assert json.loads(preset.text)["load"]["fields"]
+
+    r = web.post("/studies/fake.toml/install/short", follow_redirects=False)
+    assert r.status_code == 303
+    installed = json.loads(target.read_text())
+    assert installed["operation"] == LMSTUDIO_CONFIG["operation"]
+    loads = {f["key"]: f["value"] for f in installed["load"]["fields"]}
+    assert loads["llm.load.someUserSetting"] == 7 and loads["llm.load.contextLength"] == 4096
+    (row,) = web.get("/api/studies/fake.toml").json()["installs"]
+    assert json.loads(Path(row["backup"]).read_text()) == LMSTUDIO_CONFIG
+    assert 'class="undo"' in web.get("/studies/fake.toml").text
+
+    assert web.post(f"/api/installs/{row['n']}/undo").json()["undone"] is True
+    assert json.loads(target.read_text()) == LMSTUDIO_CONFIG
+    assert web.post(f"/api/installs/{row['n']}/undo").status_code == 400
+
+
+def test_only_confirmed_recommendations_are_installed(
+    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    CliRunner().invoke(cli, ["run", str(studies / "fake.toml"), "--no-confirm"])
+    r = web.post("/api/studies/fake.toml/install/short")
+    assert r.status_code == 400
+    assert "only a recommendation confirmed side by side is installed" in r.json()["error"]
+    assert not (tmp_path / ".lmstudio").exists()
+
+
+def test_serve_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["serve", "--studies", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: no studies directory '{tmp_path / 'none'}'; give one with --studies DIR\n"
+    )
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--studies", str(tmp_path), "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")

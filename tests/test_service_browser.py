@@ -1,0 +1,208 @@
+"""The whole path in a real browser (Debian's Chromium through Playwright): queue a sweep, see
+its trials arrive live, queue a second one and see it wait, see a terminal's `sweeper run` wait
+too, stop the first, restart the service and find both in the right state with every completed
+trial, download a preset, install one into LM Studio and undo it; and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from conftest import FAKE_STUDY, chromium_path
+
+CONFIG = {
+    "preset": "",
+    "operation": {"fields": [{"key": "llm.prediction.reasoning.effort", "value": "high"}]},
+    "load": {"fields": [{"key": "llm.load.someUserSetting", "value": 7}]},
+}
+
+
+def study(name: str, model: str, trials: int) -> str:
+    return (
+        FAKE_STUDY.replace('name = "fake"', f'name = "{name}"')
+        .replace('model = "fake-model"', f'model = "{model}"')
+        .replace("trials = 4", f"trials = {trials}")
+    )
+
+
+class Service:
+    def __init__(self, studies: Path, env: dict[str, str]) -> None:
+        self.studies, self.env = studies, env
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "sweeper", "serve", "--studies", str(self.studies)]
+        self.proc = subprocess.Popen(
+            [*argv, "--port", str(self.port)], env=self.env, stderr=subprocess.PIPE, text=True
+        )
+        assert self.proc.stderr is not None
+        assert self.proc.stderr.readline().startswith(f"sweeper serve: open {self.url}/")
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                httpx.get(self.url + "/api/studies").raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("the service did not answer")
+
+    def stop(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.proc.stderr.close()
+
+    def api(self, path: str) -> Any:
+        return httpx.get(self.url + path).json()
+
+    def wait(self, sweep: str, states: set[str], timeout_s: float = 90) -> dict[str, Any]:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            data: dict[str, Any] = self.api(f"/api/sweeps/{sweep}")
+            if data["sweep"]["state"] in states:
+                return data
+            time.sleep(0.3)
+        raise AssertionError(f"{sweep} never reached {states}")
+
+
+def ours(studies: Path) -> list[psutil.Process]:
+    """Live processes working on these studies (sweeps, workers)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(studies) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE and "serve" not in cmd:
+            found.append(p)
+    return found
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path) -> None:
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "slow.toml").write_text(study("slow", "fake:slow", 40))
+    (studies / "second.toml").write_text(study("second", "fake-model", 3))
+    (studies / "third.toml").write_text(study("third", "fake-model", 2))
+    (studies / "ready.toml").write_text(study("ready", "fake-model", 4))
+    env = os.environ | {"SWEEPER_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "sweeper", "run", str(studies / "ready.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr
+    lms = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config/fake-model.json"
+    lms.parent.mkdir(parents=True)
+    lms.write_text(json.dumps(CONFIG))
+
+    service = Service(studies, env)
+    service.start()
+    errors: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(service.url + "/")
+    assert page.locator('#studies tr[data-file="slow.toml"]').count() == 1
+
+    page.goto(service.url + "/new?study=slow.toml")
+    page.fill('#choose input[name="trials"]', "40")
+    page.click("#choose button")
+    assert "no measured baseline yet" in page.inner_text("#plan")
+    page.click("#queue button")
+    page.wait_for_url("**/sweeps/*")
+    first = page.url.rsplit("/", 1)[1]
+    page.evaluate("window.notReloaded = true")
+    page.wait_for_function(
+        "document.querySelectorAll('#trials tr.trial').length >= 2", timeout=90_000
+    )
+    assert page.evaluate("window.notReloaded") is True  # arrived live, no reload
+    assert page.inner_text("#state") == "running"
+
+    other = browser.new_page()
+    other.goto(service.url + "/new?study=second.toml")
+    other.click("#queue button")
+    other.wait_for_url("**/sweeps/*")
+    second = other.url.rsplit("/", 1)[1]
+    assert other.inner_text("#state") == "queued"
+
+    terminal = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "run", str(studies / "third.toml"), "--no-confirm"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert terminal.stderr is not None
+    waiting = terminal.stderr.readline()
+    assert waiting.startswith("waiting for another measurement to finish: sweeper run "), waiting
+    assert "slow.toml" in waiting
+    time.sleep(1)
+    assert terminal.poll() is None
+    terminal.terminate()
+    terminal.wait(10)
+    terminal.stderr.close()
+
+    page.click("#stop")
+    page.wait_for_url(f"**/sweeps/{first}")
+    page.wait_for_function("document.getElementById('state').textContent === 'stopped'")
+    kept = service.api(f"/api/sweeps/{first}")["complete"]
+    assert kept >= 2
+    other.wait_for_function(
+        "['running', 'finished'].includes(document.getElementById('state').textContent)"
+    )
+
+    service.stop()
+    assert ours(studies) == []
+    service.start()
+    after = service.api(f"/api/sweeps/{first}")
+    assert after["sweep"]["state"] == "stopped" and after["complete"] == kept
+    done = service.wait(second, {"finished"})
+    assert done["complete"] == 3
+
+    page.goto(service.url + "/studies/ready.toml")
+    assert "confirmed" in page.inner_text("#claim-short")
+    with page.expect_download() as download:
+        page.click('#workload-short a.preset:text("lmstudio")')
+    assert download.value.suggested_filename == "ready-short.json"
+    page.click("#workload-short button.install")
+    page.wait_for_selector("#installs button.undo")
+    installed = json.loads(lms.read_text())
+    assert installed["operation"] == CONFIG["operation"]
+    assert {"key": "llm.load.someUserSetting", "value": 7} in installed["load"]["fields"]
+    assert len(installed["load"]["fields"]) > 1
+    backups = list(lms.parent.glob("fake-model.json.*.bak"))
+    assert len(backups) == 1 and json.loads(backups[0].read_text()) == CONFIG
+    page.click("#installs button.undo")
+    page.wait_for_selector("#installs td:text('undone')")
+    assert json.loads(lms.read_text()) == CONFIG
+
+    service.stop()
+    assert errors == []
+    assert ours(studies) == []

@@ -25,7 +25,7 @@ TOOLS_ON := -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF -DL
 TOOLS_OFF := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=ON
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench screenshots clean
 
 install: $(STAMP)
 
@@ -71,8 +71,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check sweeper tests benchmarks
-	$(BIN)/ruff format --check sweeper tests benchmarks
+	$(BIN)/ruff check sweeper tests benchmarks docs
+	$(BIN)/ruff format --check sweeper tests benchmarks docs
 	$(BIN)/mypy --platform linux
 	$(BIN)/mypy --platform win32
 	$(BIN)/mypy --platform darwin
@@ -84,6 +84,11 @@ bench: install
 	$(BIN)/python benchmarks/fidelity.py
 	$(BIN)/python benchmarks/fidelity_llama_bench.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/service_disturbance.py
+
+# The service's pages for the README (docs/service-*.png); needs Debian's chromium.
+screenshots: install
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html

@@ -31,6 +31,9 @@ NOT_HERE = {
     "sweeper status studies/rtx3060-gpt-oss-20b.toml --storage postgresql://...": "a template",
     "sweeper run studies/rtx3060-gpt-oss-20b-llama-server.toml --timeout 8h": "needs the "
     "gpt-oss-20b GGUF and a GPU",
+    "sweeper serve": "runs until stopped; tests/test_service_browser.py starts it as written",
+    "sweeper serve --host 0.0.0.0": "listens on the network; the token it needs is tested in "
+    "tests/test_service.py",
     "sweeper compare studies/demo.toml --config one-thread.toml --config two-threads.toml "
     "--repeats 4": "an example of output; the tour's compare line runs",
 }

@@ -63,10 +63,18 @@ class Service:
         raise AssertionError("the service did not answer")
 
     def stop(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.proc.stderr.close()
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
 
     def api(self, path: str) -> Any:
         return httpx.get(self.url + path).json()
@@ -104,7 +112,16 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    """Every service a test starts is stopped, even when the test fails half-way."""
+    started: list[Service] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / "slow.toml").write_text(study("slow", "fake:slow", 40))
@@ -124,6 +141,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path) -> None:
     lms.write_text(json.dumps(CONFIG))
 
     service = Service(studies, env)
+    services.append(service)
     service.start()
     errors: list[str] = []
     page = browser.new_page()
@@ -152,7 +170,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path) -> None:
     second = other.url.rsplit("/", 1)[1]
     assert other.inner_text("#state") == "queued"
 
-    terminal = subprocess.Popen(
+    terminal = subprocess.Popen(  # a run started from a terminal meanwhile
         [sys.executable, "-m", "sweeper", "run", str(studies / "third.toml"), "--no-confirm"],
         env=env,
         stderr=subprocess.PIPE,
@@ -160,14 +178,16 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path) -> None:
         text=True,
     )
     assert terminal.stderr is not None
-    waiting = terminal.stderr.readline()
-    assert waiting.startswith("waiting for another measurement to finish: sweeper run "), waiting
-    assert "slow.toml" in waiting
-    time.sleep(1)
-    assert terminal.poll() is None
-    terminal.terminate()
-    terminal.wait(10)
-    terminal.stderr.close()
+    try:
+        waiting = terminal.stderr.readline()
+        assert waiting.startswith("waiting for another measurement to finish: sweeper run ")
+        assert "slow.toml" in waiting
+        time.sleep(1)
+        assert terminal.poll() is None
+    finally:
+        terminal.kill()
+        terminal.wait(10)
+        terminal.stderr.close()
 
     page.click("#stop")
     page.wait_for_url(f"**/sweeps/{first}")

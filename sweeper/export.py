@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pprint
 import shlex
@@ -89,6 +90,8 @@ def lmstudio_json(p: Preset) -> str:
 def lmstudio_install_path(model_key: str) -> Path:
     """Where LM Studio reads a model's default load config (internal, undocumented)."""
     defaults = system.lmstudio_home() / ".internal" / "user-concrete-model-default-config"
+    if ".." in Path(model_key).parts or Path(model_key).is_absolute():
+        raise ExportError(f"{model_key!r} is not an LM Studio model key")
     return defaults / f"{model_key}.json"
 
 
@@ -198,7 +201,14 @@ def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
                 f"{target} is not an LM Studio config this sweeper can merge into; "
                 "move it away to install"
             ) from None
-        backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = next(
+            b
+            for i in itertools.count()
+            if not (
+                b := target.with_name(f"{target.name}.{stamp}{f'-{i}' if i else ''}.bak")
+            ).exists()
+        )
         shutil.copy2(target, backup)
         doc["load"]["fields"] = kept + new["load"]["fields"]
         new = doc

@@ -55,13 +55,18 @@ def measuring(what: str, on_wait: Callable[[str], None] | None = None) -> Iterat
     """Hold the machine for ``what``; wait (saying for whom, once) while another holds it."""
     lock_path, info_path = _paths()
     lock = FileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        info = holder()
-        if on_wait is not None:
-            on_wait(f"waiting for another measurement to finish: {describe(info or {})}")
-        lock.acquire()
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            break
+        except Timeout:
+            info = holder()
+            if info is None:  # it was free a moment later (or a page only looked): again
+                continue
+            if on_wait is not None:
+                on_wait(f"waiting for another measurement to finish: {describe(info)}")
+            lock.acquire()
+            break
     try:
         info_path.write_text(
             json.dumps({"what": what, "pid": os.getpid(), "since": time.time()}), encoding="utf-8"

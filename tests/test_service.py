@@ -14,14 +14,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
 from conftest import FAKE_STUDY
 from sweeper import lock
 from sweeper.cli import cli
+from sweeper.errors import SweeperError
 from sweeper.service.app import create_app
 from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
-from sweeper.service.supervisor import timeout_seconds
+from sweeper.service.security import Guard
+from sweeper.service.supervisor import command, timeout_seconds
 
 SLOW = FAKE_STUDY.replace('model = "fake-model"', 'model = "fake:slow"')
 
@@ -82,9 +85,19 @@ def test_a_token_is_required_off_loopback(studies: Path, tmp_path: Path) -> None
         assert c.get("/api/studies", headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = c.get("/api/studies", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        signed = c.get("/?token=s3cret", follow_redirects=False)
-        assert signed.status_code == 303 and signed.headers["location"] == "/"
+        signed = c.get("/new?study=fake.toml&token=s3cret", follow_redirects=False)
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/new?study=fake.toml"  # the token left the URL
         assert c.get("/").status_code == 200  # the cookie the sign-in URL set
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "//evil.example/",
+        "query_string": b"token=s3cret",
+        "headers": [],
+    }
+    away = Guard(None, "0.0.0.0", "s3cret").check(scope, Headers(scope=scope))  # type: ignore[arg-type]
+    assert away is not None and away.headers["location"] == "/evil.example/"  # not another site
 
 
 def test_cross_site_posts_are_refused(web: TestClient) -> None:
@@ -157,12 +170,12 @@ def test_a_study_written_from_the_form_runs_in_the_cli(web: TestClient, studies:
         "space.cpu_threads": "1, 2",
         "space.flash_attention": "false, true",
         "workloads": ["short"],
-        "prompt": 'Say "hi"',
+        "prompt": 'Say "hi" \U0001f600\x7f',
     }
     r = web.post("/studies", data=form, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/new?study=mine.toml"
     text = (studies / "mine.toml").read_text()
-    assert 'prompt = "Say \\"hi\\""' in text and "cpu_threads = [1, 2]" in text
+    assert 'prompt = "Say \\"hi\\" \U0001f600\\u007F"' in text and "cpu_threads = [1, 2]" in text
     result = CliRunner().invoke(cli, ["plan", str(studies / "mine.toml"), "--assume-tok-s", "10"])
     assert result.exit_code == 0, result.stderr
     again = web.post("/studies", data=form)
@@ -206,6 +219,31 @@ def test_the_queue_runs_one_sweep_at_a_time_and_stops_cleanly(
         states = {s["file"]: s["state"] for s in listing["studies"]}
         assert states == {"fake.toml": "finished", "slow.toml": "stopped"}
     assert lock.holder() is None
+
+
+def test_a_stopped_sweep_resumes_and_finishes(studies: Path, tmp_path: Path) -> None:
+    (studies / "slow.toml").write_text(SLOW.replace('name = "fake"', 'name = "slow"'))
+    with client(studies, tmp_path) as c:
+        sweep = c.post("/api/sweeps", json={"study": "slow.toml"}).json()
+        wait_for(c, sweep["id"], {RUNNING})
+        end = time.monotonic() + 60
+        while c.get(f"/api/sweeps/{sweep['id']}").json().get("complete", 0) < 1:
+            assert time.monotonic() < end
+            time.sleep(0.2)
+        c.post(f"/api/sweeps/{sweep['id']}/stop")
+        assert wait_for(c, sweep["id"], {STOPPED})["complete"] < 4
+        c.post(f"/api/sweeps/{sweep['id']}/resume")
+        done = wait_for(c, sweep["id"], {"finished", "failed", STOPPED})
+        assert done["sweep"]["state"] == "finished", done["sweep"]["message"]
+        assert done["complete"] == 4
+
+
+def test_a_deadline_that_passed_in_the_queue_fails_the_sweep() -> None:
+    late = Sweep("/s/a.toml", timeout="until 07:00", deadline=time.time() - 5)
+    with pytest.raises(SweeperError, match="until 07:00 had passed when the sweep could start"):
+        command(late)
+    argv = command(Sweep("/s/a.toml", timeout="until 07:00", deadline=time.time() + 3600))
+    assert argv[-2] == "--timeout" and argv[-1] in ("3599s", "3600s")
 
 
 def test_a_sweep_cut_off_by_the_service_resumes_first(tmp_path: Path) -> None:

@@ -161,6 +161,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
         "document.querySelectorAll('#trials tr.trial').length >= 2", timeout=90_000
     )
     assert page.evaluate("window.notReloaded") is True  # arrived live, no reload
+    page.wait_for_selector("#chart-short .main-svg")  # each workload's points, drawn live
     assert page.inner_text("#state") == "running"
 
     other = browser.new_page()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sweeper.cli.common import fail
+from sweeper.cli.common import errors, fail
 
 
 @click.command()
@@ -40,13 +40,15 @@ def serve(host: str, port: int, studies_dir: str) -> None:
         only_one.acquire(timeout=0)
     except Timeout:
         fail(f"another `sweeper serve` runs on this machine (its queue is {state})")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.create_server((host, port)) as probe:
+        with socket.create_server((host, port), family=family) as probe:
             port = probe.getsockname()[1]
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port")
     token = None if is_loopback(host) else secrets.token_urlsafe(24)
-    app = create_app(studies, state, host, token)
+    with errors():
+        app = create_app(studies, state, host, token)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"sweeper serve: open {url} (studies in {studies}; Ctrl-C stops)", err=True)

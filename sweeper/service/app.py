@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -165,9 +167,10 @@ def create_app(
         config_file.load(str(path))  # a broken file is said now, not at 3 a.m.
         trials = forms.positive_int(form.get("trials"), "trials")
         budget = str(form.get("budget") or "").strip() or None
-        if budget:
-            timeout_seconds(budget)
-        sweep = service.queue.add(Sweep(str(path), trials, budget))
+        seconds = timeout_seconds(budget) if budget else None
+        until = budget is not None and budget.lower().startswith("until")
+        deadline = time.time() + seconds if until and seconds else None
+        sweep = service.queue.add(Sweep(str(path), trials, budget, deadline=deadline))
         service.hub.publish({"event": "queued", "sweep": sweep.id})
         return sweep.to_dict()
 
@@ -204,7 +207,8 @@ def create_app(
             )
         except SweeperError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        disposition = f'attachment; filename="{name}"'
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a header is Latin-1, a name may not be
+        disposition = f'attachment; filename="{safe}"'
         return Response(text, media_type="text/plain", headers={"content-disposition": disposition})
 
     async def events(request: Request) -> Response:

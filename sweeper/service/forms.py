@@ -66,7 +66,9 @@ def _toml(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return json.dumps(v) if isinstance(v, str) else repr(v)
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes, all of Unicode, no DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007F")
+    return repr(v)
 
 
 def study_text(form: dict[str, Any]) -> tuple[str, str]:
@@ -96,8 +98,11 @@ def study_text(form: dict[str, Any]) -> tuple[str, str]:
     if not space:
         raise FormError("choose at least one setting to sweep (two or more values)")
     lines += ["", "[baseline]", *baseline, "", "[space]", *space]
-    chosen = form.get("workloads", [])
-    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    chosen = form.get("workloads") or []
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    if not isinstance(chosen, list):
+        raise FormError("workloads: a list of built-in workload names")
     for w in chosen:
         if w not in ("short", "long"):
             raise FormError(f"workloads: unknown built-in workload {w!r}")

@@ -78,7 +78,10 @@ class Installs:
             if any(not r["undone"] for r in later):
                 raise InstallRefused(f"undo the later install of {row['target']} first")
             backup = Path(row["backup"]) if row["backup"] else None
-            export.undo_install(Path(row["target"]), backup)
+            try:
+                export.undo_install(Path(row["target"]), backup)
+            except OSError as exc:
+                raise InstallRefused(f"cannot undo install {n}: {exc}") from None
             row["undone"] = True
             write_atomic(self.path, json.dumps(rows, indent=1), force=True)
         return row

@@ -16,6 +16,7 @@ from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
 from sweeper.measurement import Spread
 from sweeper.recommend import CONFIRMED, for_study
+from sweeper.records import FULL, SCREEN
 from sweeper.service.queue import RUNNING, Queue, Sweep
 from sweeper.storage import open_study, redact
 
@@ -38,7 +39,11 @@ def _study(config: StudyConfig) -> Any | None:
 
 
 def study_files(studies: Path) -> list[Path]:
-    return sorted(p for p in studies.glob("*.toml") if p.is_file())
+    """The study files of the studies directory; a symlink out of it is not one."""
+    root = studies.resolve()
+    return sorted(
+        p for p in studies.glob("*.toml") if p.is_file() and p.resolve().is_relative_to(root)
+    )
 
 
 def studies_page(studies: Path, queue: Queue) -> dict[str, Any]:
@@ -65,7 +70,7 @@ def studies_page(studies: Path, queue: Queue) -> dict[str, Any]:
         done = [r.datetime_complete for r in recs if r.datetime_complete is not None]
         row["trials_done"] = sum(r.state.name == "COMPLETE" for r in recs)
         row["last_ran"] = max(done, default=None)
-        row["state"] = latest.state if latest else ("finished" if recs else "not run")
+        row["state"] = latest.state if latest else ("run from a terminal" if recs else "not run")
         row["best"] = {}
         if study is not None:
             for w, view in for_study(study, config).items():
@@ -102,7 +107,7 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
             "stage": r.fidelity,
             "tag": r.tag,
             "settings": r.settings or r.params,
-            "failure": r.infeasible_reason(),
+            "failure": r.infeasible_reason() if r.state.name != "RUNNING" else None,
             "detail": r.failure_detail,
             "workloads": {},
         }
@@ -133,10 +138,13 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
     status = fronts.status(recs, names, records.drift_events(study))
     data["drift"] = [terminal.drift_line(e) for e in status.get("drift_events", [])]
     for w in names:
-        data["fronts"][w] = [
-            {"trial": p.trial, "tok_s": p.tok_s.median, "ttft_s": p.ttft_s.median}
-            for p in fronts.points(recs, w)
-        ]
+        data["fronts"][w] = {
+            fidelity: [
+                {"trial": p.trial, "tok_s": p.tok_s.median, "ttft_s": p.ttft_s.median}
+                for p in fronts.points(recs, w, fidelity)
+            ]
+            for fidelity in (FULL, SCREEN)
+        }
     return data
 
 

@@ -26,6 +26,7 @@ class Sweep:
     study: str  # the study file, an absolute path inside the studies directory
     trials: int | None = None
     timeout: str | None = None  # a duration ("8h") or a clock time ("until 07:00")
+    deadline: float | None = None  # "until 07:00" as a time, fixed when it was queued
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     state: str = QUEUED
     machine: str = field(default_factory=socket.gethostname)
@@ -69,7 +70,7 @@ class Queue:
             for s in cut:
                 s.state, s.pid = QUEUED, None
                 s.message = "resumed: the service stopped while it ran"
-            self.sweeps.sort(key=lambda s: (s not in cut, s.created))
+            self.sweeps.sort(key=lambda s: s not in cut)  # stable: the queue's order otherwise
             self._save()
             return cut
 
@@ -79,6 +80,13 @@ class Queue:
             self._save()
             self.changed.notify_all()
             return sweep
+
+    def to_front(self, sweep: Sweep) -> None:
+        """``sweep`` runs next (one the service's end interrupted)."""
+        with self._lock:
+            self.sweeps.remove(sweep)
+            self.sweeps.insert(0, sweep)
+            self._save()
 
     def get(self, sweep_id: str) -> Sweep | None:
         with self._lock:

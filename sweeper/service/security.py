@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -51,7 +51,17 @@ def study_path(studies: Path, name: str) -> Path:
 
 
 def _host_only(host_header: str) -> str:
-    return urlsplit(f"//{host_header}").hostname or ""
+    try:
+        return urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:  # "[::1" and the like
+        return ""
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return None
 
 
 class Guard:
@@ -83,9 +93,12 @@ class Guard:
             given = _token_of(scope, headers)
             if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
                 return PlainTextResponse("refused: a token is required", status_code=401)
-            query = scope.get("query_string", b"").decode()
-            if scope["method"] == "GET" and query.startswith("token="):
-                redirect = RedirectResponse(scope["path"], status_code=303)
+            query = parse_qs(bytes(scope.get("query_string", b"")).decode())
+            if scope["method"] == "GET" and "token" in query:
+                # the sign-in URL: the token goes into a cookie and out of the address bar
+                rest = urlencode({k: v for k, v in query.items() if k != "token"}, doseq=True)
+                path = "/" + str(scope["path"]).lstrip("/")  # never "//host": no open redirect
+                redirect = RedirectResponse(path + (f"?{rest}" if rest else ""), status_code=303)
                 redirect.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
                 return redirect
         if scope["method"] not in SAFE_METHODS:
@@ -93,7 +106,7 @@ class Guard:
             origin = headers.get("origin")
             if site is not None and site not in ("same-origin", "none"):
                 return PlainTextResponse("refused: a cross-site request", status_code=403)
-            if site is None and origin is not None and urlsplit(origin).netloc != host:
+            if site is None and origin is not None and _netloc(origin) != host:
                 return PlainTextResponse("refused: a cross-origin request", status_code=403)
         return None
 
@@ -102,9 +115,9 @@ def _token_of(scope: Scope, headers: Headers) -> str | None:
     auth = headers.get("authorization", "")
     if auth.startswith("Bearer "):
         return auth[len("Bearer ") :]
-    query = bytes(scope.get("query_string", b"")).decode()
-    if query.startswith("token="):
-        return query[len("token=") :].split("&")[0]
+    tokens = parse_qs(bytes(scope.get("query_string", b"")).decode()).get("token")
+    if tokens:
+        return tokens[0]
     for part in headers.get("cookie", "").split(";"):
         name, _, value = part.strip().partition("=")
         if name == TOKEN_COOKIE:

@@ -4,7 +4,6 @@ child reports on its stdout, a JSON line per stage and trial; nothing here polls
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -49,7 +48,12 @@ def command(sweep: Sweep, python: str = sys.executable) -> list[str]:
     argv = [python, "-m", "sweeper", "run", sweep.study, "--progress", "json"]
     if sweep.trials:
         argv += ["--trials", str(sweep.trials)]
-    if sweep.timeout:
+    if sweep.deadline is not None:
+        left = sweep.deadline - time.time()
+        if left < 60:
+            raise StudyFileError(f"budget: {sweep.timeout} had passed when the sweep could start")
+        argv += ["--timeout", f"{left:.0f}s"]
+    elif sweep.timeout:
         argv += ["--timeout", f"{timeout_seconds(sweep.timeout):.0f}s"]
     return argv
 
@@ -76,25 +80,32 @@ class Supervisor:
         with self.queue.changed:
             self._closing = True
             self.queue.changed.notify_all()
-        if self.program is not None:
-            self.program.stop()
+            program = self.program
+        if program is not None:
+            program.stop()
         self._thread.join(30)
 
     def stop(self, sweep: Sweep) -> None:
         """Stop a sweep: a queued one never starts; a running one ends its trial cleanly (the
         trial runs again on resume; completed trials are kept)."""
-        if sweep.state == QUEUED:
-            self.queue.update(sweep, state=STOPPED, message="stopped before it started")
-        elif sweep.state == RUNNING and self.current is not None and self.current.id == sweep.id:
-            self._stop_requested.add(sweep.id)
-            if self.program is not None:
-                threading.Thread(target=self.program.stop, daemon=True).start()
+        with self.queue.changed:
+            program = None
+            if sweep.state == QUEUED:
+                self.queue.update(sweep, state=STOPPED, message="stopped before it started")
+            elif sweep.state == RUNNING and self.current is sweep:
+                self._stop_requested.add(sweep.id)
+                program = self.program
+        if program is not None:
+            threading.Thread(target=program.stop, daemon=True).start()
         self.publish({"event": "changed", "sweep": sweep.id})
 
     def resume(self, sweep: Sweep) -> None:
-        if sweep.state in (STOPPED, FAILED, FINISHED):
+        with self.queue.changed:
+            if sweep.state not in (STOPPED, FAILED, FINISHED):
+                return
+            self._stop_requested.discard(sweep.id)
             self.queue.update(sweep, state=QUEUED, message="queued again")
-            self.publish({"event": "changed", "sweep": sweep.id})
+        self.publish({"event": "changed", "sweep": sweep.id})
 
     def _loop(self) -> None:
         while True:
@@ -105,43 +116,61 @@ class Supervisor:
                 if sweep is None:
                     self.queue.changed.wait(5)
                     continue
-            self._run(sweep)
+                # running from here on: a Stop now is a stop request, never lost
+                self.current = sweep
+                self.queue.update(sweep, state=RUNNING, started=time.time(), message="")
+            try:
+                self._run(sweep)
+            except Exception as exc:  # the queue must go on whatever one sweep did
+                log.exception("sweep %s", sweep.id)
+                self._end(sweep, FAILED, f"the service could not run it: {exc}")
 
     def _run(self, sweep: Sweep) -> None:
         log_path = self.logs / f"{sweep.id}.log"
         try:
             argv = command(sweep)
         except StudyFileError as exc:
-            self.queue.update(sweep, state=FAILED, message=str(exc), ended=time.time())
+            self._end(sweep, FAILED, str(exc))
             return
-        program = Program(argv, log_path, stdout_pipe=True)
-        self.current, self.program = sweep, program
-        program.start()
-        assert program.process is not None and program.process.stdout is not None
-        self.queue.update(
-            sweep, state=RUNNING, pid=program.process.pid, started=time.time(), log=str(log_path)
-        )
+        with self.queue.changed:
+            if sweep.id in self._stop_requested or self._closing:
+                self._end(sweep, STOPPED if not self._closing else QUEUED, "stopped")
+                return
+            program = self.program = Program(argv, log_path, stdout_pipe=True)
+            program.start()
+            assert program.process is not None and program.process.stdout is not None
+            self.queue.update(sweep, pid=program.process.pid, log=str(log_path))
         self.publish({"event": "started", "sweep": sweep.id})
         with program.process.stdout as out:
             for raw in out:
-                with contextlib.suppress(ValueError):
+                try:
                     event = json.loads(raw)
-                    if event.get("event") == "stage":
-                        self.queue.update(sweep, stage=event["stage"])
-                    self.publish({**event, "sweep": sweep.id})
+                except ValueError:
+                    continue  # the child's human summary lines
+                if not isinstance(event, dict):
+                    continue
+                if event.get("event") == "stage":
+                    self.queue.update(sweep, stage=str(event.get("stage", "")))
+                self.publish({**event, "sweep": sweep.id})
         rc = program.process.wait()
-        if self._closing and sweep.id not in self._stop_requested:
-            state, message = QUEUED, "the service stopped; it resumes when the service starts"
-        elif sweep.id in self._stop_requested:
-            state, message = STOPPED, "stopped; completed trials are kept"
+        if sweep.id in self._stop_requested:
+            self._end(sweep, STOPPED, "stopped; completed trials are kept")
         elif rc == 0:
-            state, message = FINISHED, ""
+            self._end(sweep, FINISHED, "")
+        elif self._closing:
+            self._end(sweep, QUEUED, "the service stopped; it resumes first when it starts")
         else:
-            state, message = FAILED, _last_error(log_path) or f"sweeper run exited with {rc}"
-        self.queue.update(
-            sweep, state=state, message=message, ended=time.time(), pid=None, stage=""
-        )
-        self.current = self.program = None
+            self._end(sweep, FAILED, _last_error(log_path) or f"sweeper run exited with {rc}")
+
+    def _end(self, sweep: Sweep, state: str, message: str) -> None:
+        with self.queue.changed:
+            self._stop_requested.discard(sweep.id)
+            self.queue.update(
+                sweep, state=state, message=message, ended=time.time(), pid=None, stage=""
+            )
+            if state == QUEUED:
+                self.queue.to_front(sweep)
+            self.current = self.program = None
         self.publish({"event": "ended", "sweep": sweep.id, "state": state})
 
 

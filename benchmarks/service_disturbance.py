@@ -19,14 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +29,7 @@ import psutil
 
 from sweeper import config as config_file
 from sweeper import records
+from sweeper.service.background import chromium, scratch, serving
 from sweeper.stats import paired_difference, verdict
 from sweeper.storage import open_study
 
@@ -110,42 +104,22 @@ def listen(url: str, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("needs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    work = Path(tempfile.mkdtemp(prefix="sweeper-disturbance-"))
-    studies = work / "studies"
-    studies.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"SWEEPER_HOME": str(work / "home")}
-    argv = [sys.executable, "-m", "sweeper", "serve", "--studies", str(studies)]
-    serve = subprocess.Popen([*argv, "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
-    service = psutil.Process(serve.pid)
+    studies = scratch("sweeper-disturbance-")
     rounds: list[dict[str, Any]] = []
-    try:
-        while True:
-            try:
-                httpx.get(url + "/api/studies").raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    with serving(studies, studies.parent / "home") as (url, program):
+        assert program.process is not None
+        service = psutil.Process(program.process.pid)
         ended = Ended(url)  # one more stream client, in both conditions alike
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             for r in range(ROUNDS):
                 order = ["alone", "watched"] if r % 2 == 0 else ["watched", "alone"]
                 for condition in order:
                     rounds.append(one_round(url, studies, r, condition, browser, service, ended))
                     print(json.dumps(rounds[-1]), flush=True)
             browser.close()
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(60)
     write(rounds)
 
 

@@ -4,17 +4,9 @@ it in Chromium, and captures the studies page, the plan, the live sweep and the 
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from sweeper.service.background import chromium, scratch, serving
 
 ROOT = Path(__file__).parent.parent
 DOCS = Path(__file__).parent
@@ -28,52 +20,30 @@ SMALL = {
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("needs Debian's chromium (apt-get install chromium)")
-    work = Path(tempfile.mkdtemp(prefix="sweeper-shots-"))
-    studies = work / "studies"
-    studies.mkdir()
+    studies = scratch("sweeper-shots-")
     text = (ROOT / "studies" / "demo.toml").read_text()
     for old, new in SMALL.items():
         text = text.replace(old, new)
     (studies / "demo.toml").write_text(text)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"SWEEPER_HOME": str(work / "home")}
-    argv = [sys.executable, "-m", "sweeper", "serve", "--studies", str(studies)]
-    serve = subprocess.Popen([*argv, "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                httpx.get(url + "/").raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.goto(url + "/new?study=demo.toml&budget=8h")
-            page.screenshot(path=str(DOCS / "service-new.png"), full_page=True)
-            page.click("#queue button")
-            page.wait_for_url("**/sweeps/*")
-            page.wait_for_function(
-                "document.querySelectorAll('#trials tr.trial').length >= 3", timeout=600_000
-            )
-            page.screenshot(path=str(DOCS / "service-live.png"), full_page=True)
-            page.wait_for_function(
-                "document.getElementById('state').textContent === 'finished'", timeout=900_000
-            )
-            page.goto(url + "/")
-            page.screenshot(path=str(DOCS / "service-studies.png"), full_page=True)
-            page.goto(url + "/studies/demo.toml")
-            page.screenshot(path=str(DOCS / "service-results.png"), full_page=True)
-            browser.close()
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(60)
+    with serving(studies, studies.parent / "home") as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url + "/new?study=demo.toml&budget=8h")
+        page.screenshot(path=str(DOCS / "service-new.png"), full_page=True)
+        page.click("#queue button")
+        page.wait_for_url("**/sweeps/*")
+        page.wait_for_function(
+            "document.querySelectorAll('#trials tr.trial').length >= 3", timeout=600_000
+        )
+        page.screenshot(path=str(DOCS / "service-live.png"), full_page=True)
+        page.wait_for_function(
+            "document.getElementById('state').textContent === 'finished'", timeout=900_000
+        )
+        page.goto(url + "/")
+        page.screenshot(path=str(DOCS / "service-studies.png"), full_page=True)
+        page.goto(url + "/studies/demo.toml")
+        page.screenshot(path=str(DOCS / "service-results.png"), full_page=True)
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
                 front=wf.front,
                 infeasible=infeasible,
                 recommendation=wf.recommendation,
-                importances=_importances(study, config, w, pts),
+                importances=importances(study, config, w, pts),
                 history=sorted((p.trial, p.tok_s.median) for p in pts),
             )
         )
@@ -116,9 +116,24 @@ def feasible_study(study: optuna.Study, pts: list[Point]) -> optuna.Study:
     return copy
 
 
-def _importances(
+#: below this many trials measured in full, an importance ranks noise: none is shown
+MIN_IMPORTANCE_TRIALS = 10
+
+
+def importance_note(n: int) -> str:
+    return (
+        f"Parameter importance: shown from {MIN_IMPORTANCE_TRIALS} feasible trials measured "
+        f"in full ({n} so far); fewer would rank noise."
+    )
+
+
+def importances(
     study: optuna.Study, config: StudyConfig, workload: str, pts: list[Point]
 ) -> dict[str, dict[str, float]]:
+    """How much each searched setting moved tok/s and TTFT (PED-ANOVA over the feasible trials
+    measured in full), or {} with fewer than ``MIN_IMPORTANCE_TRIALS`` of them."""
+    if len(pts) < MIN_IMPORTANCE_TRIALS:
+        return {}
     names = [w.name for w in config.workloads]
     i = names.index(workload) * 2
     copy = feasible_study(study, pts)

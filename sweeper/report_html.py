@@ -17,7 +17,7 @@ from sweeper import fingerprint
 from sweeper.config import StudyConfig
 from sweeper.files import write_atomic
 from sweeper.fronts import Point
-from sweeper.report import Infeasible, ReportData, WorkloadView, report_data
+from sweeper.report import Infeasible, ReportData, WorkloadView, importance_note, report_data
 
 FADED = 0.3
 
@@ -242,6 +242,8 @@ def render(data: ReportData) -> str:
         imp = _importance_figure(view)
         if imp is not None:
             parts.append(_figure_html(imp))
+        else:
+            parts.append(f"<p>{importance_note(len(view.points))}</p>")
         if view.history:
             parts.append(_figure_html(history_figure(view)))
         parts.append(

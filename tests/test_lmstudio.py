@@ -373,3 +373,22 @@ def test_an_mlx_model_takes_only_what_the_mlx_engine_takes(
         code, _, err = run_cli("run", str(only_context), "--trials", "1")
         assert code == 0, err
         assert fields(srv.log.loads[-1]) == {"llm.load.contextLength": 1024}
+
+
+def test_the_services_form_lists_lmstudios_models(
+    server: LMStudioTestServer, tmp_path: Path
+) -> None:
+    from starlette.testclient import TestClient
+
+    from sweeper.service.app import create_app
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    app = create_app(studies, tmp_path / "state", supervise=False)
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        data = c.get(f"/api/new?models=1&host={server.address}").json()
+        assert data["models"] == [KEY] and data["lmstudio"] == server.address
+        assert f'<option value="{KEY}">' in c.get(f"/new?models=1&host={server.address}").text
+        gone = c.get("/api/new?models=1&host=127.0.0.1:9").json()
+        assert gone["models"] == []
+        assert gone["models_error"].startswith("LM Studio is not reachable at 127.0.0.1:9")

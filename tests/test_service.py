@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
-from conftest import FAKE_STUDY
+from conftest import FAKE_STUDY, run_fake
 from sweeper import lock
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
@@ -352,3 +352,16 @@ def test_serve_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, ["serve", "--studies", str(tmp_path), "--port", str(port)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_parameter_importance_only_from_enough_trials(web: TestClient, studies: Path) -> None:
+    wide = FAKE_STUDY.replace("cpu_threads = [1, 2, 4]", "cpu_threads = { low = 1, high = 8 }")
+    (studies / "fake.toml").write_text(wide)
+    run_fake(studies / "fake.toml", trials=4)
+    few = web.get("/api/studies/fake.toml").json()["workloads"]["short"]
+    assert few["importance"] == {}
+    assert few["importance_note"].startswith("Parameter importance: shown from 10 feasible trials")
+    run_fake(studies / "fake.toml", trials=16)
+    many = web.get("/api/studies/fake.toml").json()["workloads"]["short"]
+    assert set(many["importance"]["tok/s"]) == {"context_length", "cpu_threads", "flash_attention"}
+    assert 'class="importance"' in web.get("/studies/fake.toml").text

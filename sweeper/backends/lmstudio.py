@@ -98,6 +98,16 @@ def find_host(host: str | None) -> str:
     raise _unreachable(None)
 
 
+def downloaded_models(host: str) -> dict[str, Any]:
+    """The models LM Studio at ``host`` has downloaded, by model key."""
+    lms = _sdk()
+    try:
+        with lms.Client(host) as client:
+            return {m.model_key: m for m in client.list_downloaded_models()}
+    except lms.LMStudioError as exc:
+        raise BackendUnavailable(f"LM Studio at {host} did not answer: {exc}") from exc
+
+
 def moe_ratio(cpu_moe_layers: int, n_layers: int) -> float:
     """sweeper's layer count as LM Studio's numCpuExpertLayersRatio."""
     return round(min(1.0, cpu_moe_layers / n_layers), 4)
@@ -213,15 +223,9 @@ class LMStudioBackend(BackendBase):
     @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:
         """Find LM Studio, check the model key; before any trial exists."""
-        lms = _sdk()
         model = target.model
         host = find_host(target.host)
-        try:
-            with lms.Client(host) as client:
-                downloaded = client.list_downloaded_models()
-        except lms.LMStudioError as exc:
-            raise BackendUnavailable(f"LM Studio at {host} did not answer: {exc}") from exc
-        keys = {m.model_key: m for m in downloaded}
+        keys = downloaded_models(host)
         if model not in keys:
             close = difflib.get_close_matches(model, list(keys), n=5, cutoff=0.3)
             hint = (

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fronts, lock, plan, records, terminal
+from sweeper import export, fronts, lock, plan, records, report, terminal
 from sweeper.backends import backend_class
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
@@ -155,7 +155,10 @@ def results_page(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"file": path.name, "name": config.name, "workloads": {}}
     for w, view in for_study(study, config).items():
         rec = view.recommendation
+        imp = report.importances(study, config, w, view.points)
         out["workloads"][w] = {
+            "importance": imp,
+            "importance_note": None if imp else report.importance_note(len(view.points)),
             "recommendation": rec.to_dict() if rec else None,
             "front": [
                 {
@@ -193,3 +196,14 @@ def plan_of(config: StudyConfig, timeout_s: float | None, trials: int | None) ->
 
 def now_iso() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def lmstudio_models(host: str | None) -> dict[str, Any]:
+    """The model keys LM Studio has downloaded, for the new-study form; or why there are none."""
+    from sweeper.backends import lmstudio
+
+    try:
+        where = lmstudio.find_host(host or None)
+        return {"models": sorted(lmstudio.downloaded_models(where)), "lmstudio": where}
+    except SweeperError as exc:
+        return {"models": [], "models_error": str(exc)}

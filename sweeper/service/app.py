@@ -152,6 +152,7 @@ def create_app(
         q = request.query_params
         files = [p.name for p in pages.study_files(service.studies)]
         data: dict[str, Any] = {"files": files, "form": dict(q), "fields": forms.FIELDS}
+        data["gguf"] = await to_thread.run_sync(pages.gguf_files, service.studies)
         if q.get("models"):  # asked for: discovering LM Studio can take a moment
             data |= await to_thread.run_sync(pages.lmstudio_models, q.get("host"))
         if q.get("study"):

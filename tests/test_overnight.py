@@ -33,9 +33,16 @@ TINY = (
 def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgres_url: str) -> None:
     path = write_study(TINY)
     args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "12", "--no-confirm"]
+    # two rigs: each has its own home (and machine lock); on one rig the second would wait
     workers = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"SWEEPER_HOME": str(path.parent / f"rig{i}")},
+        )
+        for i in range(2)
     ]
     outputs = [w.communicate(timeout=300) for w in workers]
     for w, (out, err) in zip(workers, outputs, strict=True):

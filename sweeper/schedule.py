@@ -8,6 +8,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from sweeper import plan, stats
@@ -21,6 +22,14 @@ from sweeper.settings import LoadSettings
 
 #: A baseline re-run this much slower or faster (and outside the noise) is drift.
 DRIFT_MIN = 0.03
+
+
+def sampler(seed: int, target: int) -> optuna.samplers.BaseSampler:
+    """The sampler that proposes configurations for a budget of ``target`` trials (chosen by
+    replaying samplers on a measured table: benchmarks/search.py)."""
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, n_startup_trials=max(4, min(10, target // 5))
+    )
 
 
 def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[str, Any] | None:

@@ -157,9 +157,7 @@ class Sweep:
         # A resumed run must not replay the first run's random start-up proposals: the seed
         # moves on with the number of trials already stored.
         seed = self.config.sampler_seed + len(study.get_trials(deepcopy=False))
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=max(4, min(10, target // 5))
-        )
+        return schedule.sampler(seed, target)
 
     def _enqueue_baseline(self, study: optuna.Study) -> None:
         params = schedule.baseline_params(self.config, records.load(study))

@@ -350,6 +350,29 @@ def test_only_confirmed_recommendations_are_installed(
     assert not (tmp_path / ".lmstudio").exists()
 
 
+def test_an_install_that_cannot_write_is_a_message_not_a_500(
+    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["run", str(studies / "fake.toml")])
+    assert result.exit_code == 0, result.stderr
+    folder = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config"
+    folder.parent.mkdir(parents=True)
+    folder.write_text("a file where LM Studio keeps a folder")
+    r = web.post("/api/studies/fake.toml/install/short")
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("cannot install into LM Studio: ")
+    page = web.post("/studies/fake.toml/install/short")
+    assert page.status_code == 400 and "cannot install into LM Studio" in page.text
+    assert web.get("/api/studies/fake.toml").json()["installs"] == []
+
+
+def test_a_malformed_lmstudio_host_is_said_on_the_form(web: TestClient) -> None:
+    r = web.get("/api/new", params={"models": "1", "host": "not a host:port:at all"})
+    assert r.status_code == 200
+    assert r.json()["models"] == [] and r.json()["models_error"]
+
+
 def test_serve_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["serve", "--studies", str(tmp_path / "none")])
     assert result.exit_code == 2

@@ -52,7 +52,10 @@ class Installs:
                 f"side by side is installed (run `sweeper confirm {path.name}`)"
             )
         with self._lock:
-            target, backup = export.install_lmstudio(preset)
+            try:
+                target, backup = export.install_lmstudio(preset)
+            except OSError as exc:  # a full disk, a folder where a file should be, ...
+                raise InstallRefused(f"cannot install into LM Studio: {exc}") from None
             rows = self._read()
             row = {
                 "n": str(len(rows) + 1),

@@ -32,8 +32,8 @@ NOT_HERE = {
     "sweeper run studies/rtx3060-gpt-oss-20b-llama-server.toml --timeout 8h": "needs the "
     "gpt-oss-20b GGUF and a GPU",
     "sweeper serve": "runs until stopped; tests/test_service_browser.py starts it as written",
-    "sweeper serve --host 0.0.0.0": "listens on the network; the token it needs is tested in "
-    "tests/test_service.py",
+    "sweeper serve --studies ~/sweeps --port 9000": "runs until stopped, on a folder of the "
+    "user's; --studies is tested in tests/test_service.py, --port by the browser test",
     "sweeper compare studies/demo.toml --config one-thread.toml --config two-threads.toml "
     "--repeats 4": "an example of output; the tour's compare line runs",
 }
@@ -122,6 +122,7 @@ COMMANDS = [
     "report",
     "export",
     "dashboard",
+    "serve",
 ]
 
 

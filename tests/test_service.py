@@ -308,12 +308,17 @@ LMSTUDIO_CONFIG = {
 }
 
 
-def test_install_in_lmstudio_keeps_other_fields_and_undoes(
-    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def swept(studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake study swept and confirmed, with LM Studio's home in tmp_path (returned)."""
     monkeypatch.setenv("HOME", str(tmp_path))
     result = CliRunner().invoke(cli, ["run", str(studies / "fake.toml")])
     assert result.exit_code == 0, result.stderr
+    return tmp_path
+
+
+def test_install_in_lmstudio_keeps_other_fields_and_undoes(web: TestClient, swept: Path) -> None:
+    tmp_path = swept
     data = web.get("/api/studies/fake.toml").json()
     short = data["workloads"]["short"]
     assert short["recommendation"]["status"] == "confirmed" and short["installable"]
@@ -350,13 +355,8 @@ def test_only_confirmed_recommendations_are_installed(
     assert not (tmp_path / ".lmstudio").exists()
 
 
-def test_an_install_that_cannot_write_is_a_message_not_a_500(
-    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    result = CliRunner().invoke(cli, ["run", str(studies / "fake.toml")])
-    assert result.exit_code == 0, result.stderr
-    folder = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config"
+def test_an_install_that_cannot_write_is_a_message_not_a_500(web: TestClient, swept: Path) -> None:
+    folder = swept / ".lmstudio/.internal/user-concrete-model-default-config"
     folder.parent.mkdir(parents=True)
     folder.write_text("a file where LM Studio keeps a folder")
     r = web.post("/api/studies/fake.toml/install/short")

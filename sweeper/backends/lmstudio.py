@@ -87,7 +87,13 @@ def find_host(host: str | None) -> str:
     """The API host to use: the given one if it answers, else LM Studio's usual ones."""
     lms = _sdk()
     if host is not None:
-        if not lms.Client.is_valid_api_host(host):
+        import httpx  # the SDK's transport: a malformed host is its InvalidURL
+
+        try:
+            valid = lms.Client.is_valid_api_host(host)
+        except httpx.InvalidURL as exc:
+            raise BackendUnavailable(f"{host!r} is not a host:port for LM Studio ({exc})") from None
+        if not valid:
             raise _unreachable(host)
         return host
     found = lms.Client.find_default_local_api_host()

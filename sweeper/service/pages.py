@@ -205,10 +205,8 @@ def lmstudio_models(host: str | None) -> dict[str, Any]:
     try:
         where = lmstudio.find_host(host or None)
         return {"models": sorted(lmstudio.downloaded_models(where)), "lmstudio": where}
-    # whatever discovery raises (a malformed host makes httpx raise its own InvalidURL) is
-    # said on the form: the form is for finding out, not a 500
-    except Exception as exc:
-        return {"models": [], "models_error": str(exc) or type(exc).__name__}
+    except SweeperError as exc:
+        return {"models": [], "models_error": str(exc)}
 
 
 def gguf_files(studies: Path, limit: int = 200) -> list[str]:

@@ -8,11 +8,16 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+with warnings.catch_warnings():
+    # without fcntl or msvcrt filelock falls back to a lock file that it breaks when its holder
+    # has died, and warns so on every start; that fallback is enough for one machine's sweeps
+    warnings.simplefilter("ignore", UserWarning)
+    from filelock import FileLock, Timeout
 
 
 def home() -> Path:

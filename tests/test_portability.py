@@ -44,7 +44,13 @@ def without(modules: set[str], tmp_path: Path) -> dict[str, str]:
         sys.meta_path.insert(0, _Unavailable())
         """)
     )
-    return {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
+    return {
+        "PYTHONPATH": str(site),
+        "PATH": str(Path(sys.executable).parent),
+        # its own lock and queue: a lock file another lock flavour left in ~/.sweeper would hold
+        # filelock's soft fallback (no fcntl, no msvcrt) for ever
+        "SWEEPER_HOME": str(tmp_path / "sweeper-home"),
+    }
 
 
 def sweeper(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,9 @@ class FailureReason(enum.StrEnum):
     NO_ANSWER = "no_answer"
     #: Ctrl-C or SIGTERM stopped the trial (a FAIL trial, run again on resume)
     INTERRUPTED = "interrupted"
+    #: the sweeper process running the trial was killed (kill -9, the service crashed): run
+    #: again at the next start on that machine, without waiting for the heartbeat's grace
+    KILLED = "killed"
 
     @property
     def meaning(self) -> str:
@@ -50,6 +53,8 @@ _MEANINGS = {
     "measure.min_prefix_chars",
     FailureReason.NO_ANSWER: "no answer: the cap was reached while the model was reasoning",
     FailureReason.INTERRUPTED: "stopped by Ctrl-C or SIGTERM; it runs again on resume",
+    FailureReason.KILLED: "its sweeper process was killed (kill -9, a crash of the service); it "
+    "runs again on resume",
 }
 
 

@@ -7,6 +7,7 @@ sweeper has always written: existing study databases read as they are.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 from collections.abc import Iterable, Sequence
@@ -122,6 +123,7 @@ class TrialRecord:
     #: a proposal of settings already measured at this fidelity: answered from that trial
     duplicate_of: int | None = None
     promoted_from: int | None = None
+    datetime_start: datetime.datetime | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -188,6 +190,7 @@ def read(t: FrozenTrial) -> TrialRecord:
         estimates={key[2:]: Estimate(**value) for key, value in a.items() if key.startswith("s:")},
         duplicate_of=a.get("duplicate_of"),
         promoted_from=a.get("promoted_from"),
+        datetime_start=t.datetime_start,
     )
 
 
@@ -284,6 +287,15 @@ def infeasible(
 
 def interrupted(trial: optuna.Trial) -> None:
     trial.set_user_attr("failure_reason", str(FailureReason.INTERRUPTED))
+
+
+def killed(study: optuna.Study, number: int) -> None:
+    """A RUNNING trial whose process is gone becomes a FAIL that says so (and is run again)."""
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # ended meanwhile
+        storage.set_trial_user_attr(trial_id, "failure_reason", str(FailureReason.KILLED))
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def measured(

@@ -5,7 +5,7 @@ proposals already measured answered from storage. Pure functions over trial reco
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -45,15 +45,33 @@ def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[st
 
 
 def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Trials interrupted by Ctrl-C and not yet run again (once)."""
+    """Trials interrupted (Ctrl-C, SIGTERM) or killed and not yet run again (once)."""
     retried = {r.retry_of for r in recs}
     return [
         r
         for r in recs
         if r.state == TrialState.FAIL
         and r.number not in retried
-        and r.failure_reason == FailureReason.INTERRUPTED
+        and r.failure_reason in (FailureReason.INTERRUPTED, FailureReason.KILLED)
     ]
+
+
+def orphans(
+    recs: Sequence[TrialRecord],
+    host: str,
+    alive: Callable[[int, datetime.datetime | None], bool],
+) -> list[TrialRecord]:
+    """RUNNING trials that a sweeper process on ``host`` started and that process is gone
+    (``alive(pid, trial started)`` says False): the service or a terminal was killed. Other
+    machines' trials are left to the storage's heartbeat, which retries them after its grace."""
+    found = []
+    for r in recs:
+        if r.state != TrialState.RUNNING or not r.worker:
+            continue
+        worker_host, _, pid = r.worker.rpartition(":")
+        if worker_host == host and pid.isdigit() and not alive(int(pid), r.datetime_start):
+            found.append(r)
+    return found
 
 
 def recheck_due(

@@ -207,7 +207,12 @@ class Sweep:
         )
 
     def _enqueue_retries(self, study: optuna.Study) -> None:
-        """Trials interrupted by Ctrl-C run again, once, when the sweep resumes."""
+        """Trials interrupted by Ctrl-C, or whose sweeper process on this machine was killed,
+        run again, once, when the sweep resumes."""
+        recs = records.load(study)
+        for r in schedule.orphans(recs, socket.gethostname(), system.process_alive):
+            log.warning("trial %d: the process that ran it (%s) is gone", r.number, r.worker)
+            records.killed(study, r.number)
         for r in schedule.retries(records.load(study)):
             records.enqueue(study, r.params, r.tag, retry_of=r.number)
 

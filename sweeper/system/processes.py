@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import multiprocessing
 import os
 import signal
@@ -63,10 +64,19 @@ def watch_parent(
 
 
 def _pid_alive(pid: int) -> bool:
+    return process_alive(pid)
+
+
+def process_alive(pid: int, since: datetime.datetime | None = None) -> bool:
+    """``pid`` is a live process and, given ``since`` (local time), one that already ran
+    then: a pid the OS has since handed to a newer process is not the one that was there."""
     import psutil
 
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return since is None or process.create_time() <= since.timestamp() + 1.0
     except psutil.Error:
         return False
 

@@ -176,3 +176,13 @@ def chromium_path() -> str | None:
     if found is None and os.environ.get("SWEEPER_REQUIRE_BROWSER"):
         pytest.fail("Debian's chromium is required here (SWEEPER_REQUIRE_BROWSER is set)")
     return found
+
+
+@pytest.fixture
+def services() -> Iterator[list[Any]]:
+    """Every `sweeper serve` a test starts (service_process.Service) is stopped, even when the
+    test fails half-way."""
+    started: list[Any] = []
+    yield started
+    for s in started:
+        s.stop()

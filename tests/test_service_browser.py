@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,87 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
 import pytest
 
-from conftest import FAKE_STUDY, chromium_path
+from conftest import chromium_path
+from service_process import Service, alive, ours, study
 
 CONFIG = {
     "preset": "",
     "operation": {"fields": [{"key": "llm.prediction.reasoning.effort", "value": "high"}]},
     "load": {"fields": [{"key": "llm.load.someUserSetting", "value": 7}]},
 }
-
-
-def study(name: str, model: str, trials: int) -> str:
-    return (
-        FAKE_STUDY.replace('name = "fake"', f'name = "{name}"')
-        .replace('model = "fake-model"', f'model = "{model}"')
-        .replace("trials = 4", f"trials = {trials}")
-    )
-
-
-class Service:
-    def __init__(self, studies: Path, env: dict[str, str]) -> None:
-        self.studies, self.env = studies, env
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "sweeper", "serve", "--studies", str(self.studies)]
-        self.proc = subprocess.Popen(
-            [*argv, "--port", str(self.port)], env=self.env, stderr=subprocess.PIPE, text=True
-        )
-        assert self.proc.stderr is not None
-        assert self.proc.stderr.readline().startswith(f"sweeper serve: open {self.url}/")
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                httpx.get(self.url + "/api/studies").raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("the service did not answer")
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
-
-    def api(self, path: str) -> Any:
-        return httpx.get(self.url + path).json()
-
-    def wait(self, sweep: str, states: set[str], timeout_s: float = 90) -> dict[str, Any]:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            data: dict[str, Any] = self.api(f"/api/sweeps/{sweep}")
-            if data["sweep"]["state"] in states:
-                return data
-            time.sleep(0.3)
-        raise AssertionError(f"{sweep} never reached {states}")
-
-
-def ours(studies: Path) -> list[psutil.Process]:
-    """Live processes working on these studies (sweeps, workers)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if str(studies) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE and "serve" not in cmd:
-            found.append(p)
-    return found
 
 
 @pytest.fixture
@@ -110,15 +37,6 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    """Every service a test starts is stopped, even when the test fails half-way."""
-    started: list[Service] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
@@ -199,8 +117,10 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
         "['running', 'finished'].includes(document.getElementById('state').textContent)"
     )
 
+    started = service.descendants()
+    assert started  # the second sweep runs now, in a child with a worker of its own
     service.stop()
-    assert ours(studies) == []
+    assert alive(started) == [] and ours(studies) == []
     service.start()
     after = service.api(f"/api/sweeps/{first}")
     assert after["sweep"]["state"] == "stopped" and after["complete"] == kept
@@ -224,6 +144,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
     page.wait_for_selector("#installs td:text('undone')")
     assert json.loads(lms.read_text()) == CONFIG
 
+    started = service.descendants()
     service.stop()
     assert errors == []
-    assert ours(studies) == []
+    assert alive(started) == [] and ours(studies) == []

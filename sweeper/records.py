@@ -124,6 +124,8 @@ class TrialRecord:
     duplicate_of: int | None = None
     promoted_from: int | None = None
     datetime_start: datetime.datetime | None = None
+    #: swept settings the baseline left to the engine, with the values it applied (in settings)
+    resolved: tuple[str, ...] = ()
 
     @property
     def is_baseline(self) -> bool:
@@ -191,6 +193,7 @@ def read(t: FrozenTrial) -> TrialRecord:
         duplicate_of=a.get("duplicate_of"),
         promoted_from=a.get("promoted_from"),
         datetime_start=t.datetime_start,
+        resolved=tuple(a.get("resolved", ())),
     )
 
 
@@ -287,6 +290,13 @@ def infeasible(
 
 def interrupted(trial: optuna.Trial) -> None:
     trial.set_user_attr("failure_reason", str(FailureReason.INTERRUPTED))
+
+
+def resolved(trial: optuna.Trial, settings: LoadSettings, names: Sequence[str]) -> None:
+    """The baseline's settings with the swept ones it left unset as the engine applied them:
+    later runs of the baseline send these, so what an install changes never leaks into it."""
+    trial.set_user_attr("settings", settings.to_dict())
+    trial.set_user_attr("resolved", sorted(names))
 
 
 def killed(study: optuna.Study, number: int) -> None:

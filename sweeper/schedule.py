@@ -13,12 +13,12 @@ from optuna.trial import TrialState
 
 from sweeper import plan, stats
 from sweeper.config import Measure, StudyConfig
-from sweeper.errors import FailureReason
+from sweeper.errors import FailureReason, StudyFileError
 from sweeper.fronts import Point, pareto_front, points
 from sweeper.measurement import TrialOutcome
 from sweeper.recommend import expected_completion_s
 from sweeper.records import FULL, SCREEN, Tag, TrialRecord
-from sweeper.settings import LoadSettings
+from sweeper.settings import LoadSettings, check_value
 
 #: A baseline re-run this much slower or faster (and outside the noise) is drift.
 DRIFT_MIN = 0.03
@@ -42,6 +42,32 @@ def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[st
         for name, value in config.baseline.to_dict().items()
         if name in dims and dims[name].contains(value)
     }
+
+
+def unset_swept(
+    config: StudyConfig, settings: LoadSettings, applied: dict[str, Any]
+) -> dict[str, Any]:
+    """Swept settings that ``settings`` (the baseline's) leaves to the engine, as the engine
+    reports it applied them (only values sweeper could send back as they are)."""
+    out = {}
+    for name in config.space.dimensions:
+        value = applied.get(name)
+        if getattr(settings, name) is None and value is not None:
+            try:
+                check_value(name, value, "applied")
+            except StudyFileError:
+                continue
+            out[name] = value
+    return out
+
+
+def pinned_baseline(recs: Sequence[TrialRecord]) -> dict[str, Any]:
+    """The values the first measured baseline resolved (see ``unset_swept``): every later run
+    of the baseline, the confirmation's included, sends them explicitly."""
+    first = next((r for r in recs if r.is_baseline and r.resolved), None)
+    if first is None:
+        return {}
+    return {name: first.settings[name] for name in first.resolved if name in first.settings}
 
 
 def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:

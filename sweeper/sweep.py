@@ -233,6 +233,8 @@ class Sweep:
             # of it is kept as a repeat measurement, under its own tag.
             records.set_tag(trial, Tag.BASELINE_REPEAT)
         settings = cfg.space.suggest(trial, cfg.baseline if is_anchor else None)
+        if is_anchor:  # what the first baseline left to the engine is sent explicitly now
+            settings = settings.replace(**schedule.pinned_baseline(records.load(trial.study)))
         records.start(trial, settings, f"{socket.gethostname()}:{os.getpid()}", self.machine)
         log.info("trial %d start: %s", trial.number, json.dumps(settings.to_dict()))
         start = time.perf_counter()
@@ -307,6 +309,11 @@ class Sweep:
                 "gpu_mem_mb": outcome.gpu_mem_mb,
             },
         )
+        if records.tag_of(trial) == Tag.BASELINE:
+            unset = schedule.unset_swept(self.config, settings, outcome.applied)
+            if unset:
+                log.info("the baseline left %s to the engine; it applied %s", sorted(unset), unset)
+                records.resolved(trial, settings.replace(**unset), list(unset))
         if outcome.screen is not None:
             records.screened(trial, outcome.screen)
         if not outcome.workloads:  # screened only: its estimates are the objectives

@@ -113,6 +113,41 @@ def test_a_sweep_sends_exactly_the_intended_keys(
     assert not server.instances  # and the last one was unloaded at the end
 
 
+def test_an_installed_default_never_leaks_into_the_baseline(
+    model_path: str, write_study: WriteStudy
+) -> None:
+    """The baseline leaves flash attention to LM Studio. The first run of it sends no such key
+    and records what LM Studio applied; after the user installs a preset that turns it on (the
+    model's default config), every later run of the baseline sends the recorded value."""
+    text = STUDY.replace("flash_attention = false\n\n[space]", "\n[space]").replace(
+        "screening = false", "screening = false\ndrift_check = 1"
+    )
+    path = write_study(text)
+    flash = "llm.load.llama.flashAttention"
+    with LMStudioTestServer([ServerModel(KEY, model_path)], default_load={flash: False}) as srv:
+        path.write_text(text.format(host=srv.address))
+        code, _, err = run_cli("run", str(path), "--no-confirm", "--trials", "1")
+        assert code == 0, err
+        assert flash not in fields(srv.log.loads[0])  # left to LM Studio, as the user does
+        srv.default_load[flash] = True  # `sweeper export --install` of a preset with it on
+        code, _, err = run_cli("run", str(path), "--no-confirm", "--trials", "4")
+        assert code == 0, err
+    study = open_study(studyfile.load(path))
+    first = study.trials[0]
+    assert first.user_attrs["resolved"] == ["flash_attention"]
+    assert first.user_attrs["settings"]["flash_attention"] is False
+    checks = [
+        t
+        for t in study.trials
+        if t.user_attrs.get("tag") == "baseline-check"
+        and t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    assert checks
+    for t in checks:
+        assert t.user_attrs["settings"]["flash_attention"] is False
+        assert t.user_attrs["applied"]["flash_attention"] is False  # not the installed True
+
+
 def test_the_load_has_no_ttl(server: LMStudioTestServer) -> None:
     with LMStudioBackend(KEY, host=server.address) as backend:
         backend.load(LoadSettings(context_length=512))

@@ -115,7 +115,8 @@ class LMStudioTestServer:
     first N of the model's tokens a reasoning block, sent as LM Studio sends a parsed one: a
     start tag fragment, the reasoning fragments, an end tag fragment (the tags are tokens too,
     within the cap), then the answer. This splits the real model's output at a scripted point:
-    a protocol test, not a reasoning model.
+    a protocol test, not a reasoning model. ``default_load``: the model's default config (what
+    an install into LM Studio writes), applied under the fields a load sends.
     """
 
     def __init__(
@@ -126,8 +127,12 @@ class LMStudioTestServer:
         fail_load: Callable[[dict[str, Any]], LMSError | None] | None = None,
         drop_after_tokens: int | None = None,
         reasoning_tokens: int = 0,
+        default_load: dict[str, Any] | None = None,
     ) -> None:
         self.models = {m.key: m for m in models}
+        #: load fields applied under whatever a client sends, as LM Studio applies the model's
+        #: default config (where an install writes) and reports them back as applied
+        self.default_load = dict(default_load or {})
         self.host, self.port = host, port
         self.fail_load = fail_load
         self.drop_after_tokens = drop_after_tokens
@@ -338,7 +343,7 @@ class LMStudioTestServer:
                 "no downloaded model matches",
                 code="generic.noModelMatchingQuery",
             )
-        fields = collapse(param.get("loadConfigStack", {}))
+        fields = {**self.default_load, **collapse(param.get("loadConfigStack", {}))}
         unknown = sorted(set(fields) - KNOWN_LOAD_KEYS)
         if unknown:
             raise LMSError("Failed to load model", f"unknown load config keys {unknown}")

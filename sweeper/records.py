@@ -153,6 +153,17 @@ class TrialRecord:
         return None
 
     @property
+    def gpu_layers(self) -> float | None:
+        """The layers the engine said it put on the GPU (LM Studio's ``num_gpu_layers``), when
+        it said so: an engine update can change it for the same settings."""
+        for w in self.workloads.values():
+            for run in w.runs:
+                value = run.backend_stats.get("num_gpu_layers")
+                if value is not None:
+                    return float(value)
+        return None
+
+    @property
     def model_layers(self) -> int | None:
         """The model's layer count as the engine reported it, when it did."""
         layers = self.applied.get("model_layers")

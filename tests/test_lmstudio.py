@@ -148,6 +148,29 @@ def test_an_installed_default_never_leaks_into_the_baseline(
         assert t.user_attrs["applied"]["flash_attention"] is False  # not the installed True
 
 
+def test_the_fingerprint_has_lm_studios_app_and_runtime_versions(
+    model_path: str, write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An LM Studio update can change what runs on the GPU (its bug tracker's #2312): a study's
+    machine names the app's version and the runtimes installed, so an update is seen."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runtimes = tmp_path / ".lmstudio/extensions/backends"
+    (runtimes / "llama.cpp-linux-x86_64-avx2-1.50.2").mkdir(parents=True)
+    (runtimes / "vendor").write_text("a file, not a runtime")
+    with LMStudioTestServer([ServerModel(KEY, model_path)], app_version="0.4.21") as srv:
+        path = write_study(STUDY.format(host=srv.address))
+        code, _, err = run_cli("run", str(path), "--no-confirm", "--trials", "1")
+        assert code == 0, err
+        machine = open_study(studyfile.load(path)).user_attrs["machine"]
+        assert machine["backend_version"] == (
+            "LM Studio 0.4.21 (build 1); runtimes llama.cpp-linux-x86_64-avx2-1.50.2"
+        )
+        srv.app_version = "0.4.22"  # the app updated itself
+        code, _, err = run_cli("run", str(path), "--no-confirm", "--trials", "2")
+    assert code == 2
+    assert "backend_version: 'LM Studio 0.4.21 (build 1); " in err
+
+
 def test_the_load_has_no_ttl(server: LMStudioTestServer) -> None:
     with LMStudioBackend(KEY, host=server.address) as backend:
         backend.load(LoadSettings(context_length=512))

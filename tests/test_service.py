@@ -4,6 +4,8 @@ supervisor with the fake backend, installing into LM Studio and undoing it."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import subprocess
 import sys
@@ -12,15 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from click.testing import CliRunner
 from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
 from conftest import FAKE_STUDY, run_fake
-from sweeper import lock
+from sweeper import lock, records
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
+from sweeper.service import installs
 from sweeper.service.app import create_app
 from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
 from sweeper.service.security import Guard
@@ -365,6 +369,82 @@ def test_an_install_that_cannot_write_is_a_message_not_a_500(web: TestClient, sw
     page = web.post("/studies/fake.toml/install/short")
     assert page.status_code == 400 and "cannot install into LM Studio" in page.text
     assert web.get("/api/studies/fake.toml").json()["installs"] == []
+
+
+def test_an_engine_update_flags_the_installed_preset_and_offers_a_reconfirmation(
+    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(installs, "ENGINE_TTL_S", 0.0)  # look at the engine on every page
+    monkeypatch.setenv("SWEEPER_FAKE_ENGINE", "LM Studio 0.4.20 (build 1)")
+    assert CliRunner().invoke(cli, ["run", str(studies / "fake.toml")]).exit_code == 0
+    row = web.post("/api/studies/fake.toml/install/short").json()
+    assert row["engine"] == "LM Studio 0.4.20 (build 1)"  # what the preset was measured with
+
+    def flags() -> list[str]:
+        (study,) = web.get("/api/studies").json()["studies"]
+        (install,) = study["installs"]
+        return list(install["flags"])
+
+    assert flags() == []
+    assert 'class="reconfirm"' not in web.get("/").text
+    monkeypatch.setenv("SWEEPER_FAKE_ENGINE", "LM Studio 0.4.21 (build 1)")  # an update
+    assert flags() == [
+        "LM Studio changed since the preset was measured: "
+        "LM Studio 0.4.20 (build 1) -> LM Studio 0.4.21 (build 1)"
+    ]
+    assert 'class="reconfirm"' in web.get("/").text
+    r = web.post("/studies/fake.toml/reconfirm", follow_redirects=False)
+    assert r.status_code == 303
+    sweep = web.get(r.headers["location"].replace("/sweeps/", "/api/sweeps/")).json()["sweep"]
+    assert sweep["action"] == "confirm" and sweep["state"] == "queued"  # never started by itself
+    assert command(Sweep(sweep["study"], action="confirm"), "py") == [
+        "py",
+        "-m",
+        "sweeper",
+        "confirm",
+        sweep["study"],
+    ]
+
+
+def test_a_later_load_with_other_gpu_layers_flags_the_installed_preset() -> None:
+    """LM Studio's bug #2312: after an update the same settings put 54 of 65 layers on the
+    GPU. A load of the installed settings after the install that reports another count flags
+    it; a load before the install, or of other settings, does not."""
+    study = optuna.create_study(directions=["maximize"])
+    before, after = datetime.datetime(2026, 12, 1), datetime.datetime(2026, 12, 3)
+    for settings, layers in (({"gpu_offload": 1.0}, 40.0), ({"gpu_offload": 0.5}, 20.0)):
+        attrs = {"settings": settings, "w:short": stored_workload(layers)}
+        study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs=attrs))
+    first, other = records.load(study)
+    recs = [  # the installed settings loaded before the install; other settings after it
+        dataclasses.replace(first, datetime_complete=before),
+        dataclasses.replace(other, datetime_complete=after),
+    ]
+    at = datetime.datetime(2026, 12, 2).timestamp()
+    row = {"settings": {"gpu_offload": 1.0}, "gpu_layers": 65.0, "at": at, "engine": None}
+    assert installs.changes(row, None, recs) == []
+    later = dataclasses.replace(recs[0], number=7, datetime_complete=datetime.datetime(2026, 12, 4))
+    assert installs.changes(row, None, [*recs, later]) == [
+        "trial 7 put 40 layers on the GPU with the installed settings; the preset was measured "
+        "with 65"
+    ]
+    same = dataclasses.replace(later, number=8)
+    assert installs.changes({**row, "gpu_layers": 40.0}, None, [*recs, same]) == []
+
+
+def stored_workload(gpu_layers: float) -> dict[str, Any]:
+    spread = {"median": 1.0, "min": 1.0, "max": 1.0, "q1": 1.0, "q3": 1.0, "n": 1}
+    run = {
+        "ttft_s": 0.1,
+        "decode_tok_s": 10.0,
+        "output_tokens": 4,
+        "prompt_tokens": 3,
+        "stop_reason": "max_tokens",
+        "total_s": 0.5,
+        "backend_stats": {"num_gpu_layers": gpu_layers},
+    }
+    return {"tok_s": spread, "ttft_s": spread, "output_tokens": spread, "runs": [run]}
 
 
 def test_a_malformed_lmstudio_host_is_said_on_the_form(web: TestClient) -> None:

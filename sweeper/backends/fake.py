@@ -54,6 +54,11 @@ class FakeBackend(BackendBase):
         self.settings: LoadSettings | None = None
         self.loads: list[LoadSettings] = []
 
+    @classmethod
+    def engine_version(cls, options: dict[str, Any]) -> str | None:
+        """``SWEEPER_FAKE_ENGINE``: a test changes it to play an engine update."""
+        return os.environ.get("SWEEPER_FAKE_ENGINE")
+
     def load(
         self, settings: LoadSettings, on_progress: LoadProgress | None = None
     ) -> dict[str, Any]:

@@ -11,15 +11,17 @@ import contextlib
 import difflib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sweeper import reasoning
+from sweeper import reasoning, system
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf, lmstudio_sdk
 from sweeper.errors import (
     BackendUnavailable,
     GenerationError,
     LoadError,
     StudyFileError,
+    SweeperError,
     TrialFailure,
 )
 from sweeper.measurement import Run
@@ -102,6 +104,35 @@ def find_host(host: str | None) -> str:
     if lms.Client.is_valid_api_host(DEFAULT_HOST):
         return DEFAULT_HOST
     raise _unreachable(None)
+
+
+def engine(host: str | None) -> str | None:
+    """What LM Studio runs models with, for the machine fingerprint: the app's version and
+    the runtime packages installed in its home (``extensions/backends``, one folder per
+    runtime and version). An update of either can change what is put on the GPU."""
+    parts = []
+    lms = _sdk()
+    with (
+        contextlib.suppress(lms.LMStudioError, SweeperError, OSError),
+        lms.Client(find_host(host)) as client,
+    ):
+        app = lmstudio_sdk.app_version(client)
+        if app:
+            parts.append(f"LM Studio {app}")
+    runtimes = installed_runtimes(system.lmstudio_home())
+    if runtimes:
+        parts.append(f"runtimes {', '.join(runtimes)}")
+    return "; ".join(parts) or None
+
+
+def installed_runtimes(home: Path) -> list[str]:
+    """The runtime packages (folder names such as ``llama.cpp-win-x86_64-nvidia-cuda12-avx2-
+    1.50.2``) under LM Studio's ``extensions/backends``."""
+    folder = home / "extensions" / "backends"
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
 
 
 def downloaded_models(host: str) -> dict[str, Any]:
@@ -225,6 +256,10 @@ class LMStudioBackend(BackendBase):
         self.n_layers = n_layers
         self._client: lmstudio.Client | None = None
         self._model: Any = None
+
+    @classmethod
+    def engine_version(cls, options: dict[str, Any]) -> str | None:
+        return engine(options.get("host"))
 
     @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:

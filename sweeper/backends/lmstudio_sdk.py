@@ -74,6 +74,18 @@ def raw_load_config(client: lmstudio.Client, identifier: str) -> dict[str, Any]:
     return {f["key"]: f["value"] for f in reply.get("fields", [])}
 
 
+def app_version(client: lmstudio.Client) -> str | None:
+    """LM Studio's own version (the ``system`` namespace's ``version`` RPC, which the SDK has
+    a schema for but no method), e.g. ``0.4.21 (build 2)``; None when it does not say."""
+    reply = client.system.remote_call("version")
+    if not isinstance(reply, dict) or not reply.get("version"):
+        return None
+    build = reply.get("build")
+    return (
+        f"{reply['version']} (build {int(build)})" if build is not None else str(reply["version"])
+    )
+
+
 def respond_stream_with_raw_fields(
     model: Any, chat: Any, config: dict[str, Any], raw: dict[str, Any]
 ) -> Any:

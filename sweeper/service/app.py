@@ -33,7 +33,7 @@ from sweeper.errors import SweeperError
 from sweeper.service import forms, pages
 from sweeper.service.events import Hub
 from sweeper.service.installs import Installs
-from sweeper.service.queue import Queue, Sweep
+from sweeper.service.queue import CONFIRM, Queue, Sweep
 from sweeper.service.security import Guard, study_path
 from sweeper.service.supervisor import Supervisor, timeout_seconds
 
@@ -137,7 +137,9 @@ def create_app(
         return handle
 
     async def studies_data(request: Request) -> dict[str, Any]:
-        return await to_thread.run_sync(pages.studies_page, service.studies, service.queue)
+        return await to_thread.run_sync(
+            pages.studies_page, service.studies, service.queue, service.installs
+        )
 
     async def sweep_data(request: Request) -> dict[str, Any]:
         sweep = service.sweep(request.path_params["id"])
@@ -174,6 +176,15 @@ def create_app(
         until = budget is not None and budget.lower().startswith("until")
         deadline = time.time() + seconds if until and seconds else None
         sweep = service.queue.add(Sweep(str(path), trials, budget, deadline=deadline))
+        service.hub.publish({"event": "queued", "sweep": sweep.id})
+        return sweep.to_dict()
+
+    async def reconfirm(request: Request) -> dict[str, Any]:
+        """`sweeper confirm STUDY` queued like a sweep (never started by the service itself:
+        it would evict the model the user is working with)."""
+        path = service.study(request.path_params["file"])
+        config_file.load(str(path))
+        sweep = service.queue.add(Sweep(str(path), action=CONFIRM))
         service.hub.publish({"event": "queued", "sweep": sweep.id})
         return sweep.to_dict()
 
@@ -244,6 +255,7 @@ def create_app(
         Route("/sweeps", action(queue_sweep, to_sweep), methods=["POST"]),
         Route("/sweeps/{id}", page("sweep.html", sweep_data)),
         Route("/sweeps/{id}/stop", action(stop_sweep, to_sweep), methods=["POST"]),
+        Route("/studies/{file}/reconfirm", action(reconfirm, to_sweep), methods=["POST"]),
         Route("/sweeps/{id}/resume", action(resume_sweep, to_sweep), methods=["POST"]),
         Route("/studies/{file}", page("results.html", results_data)),
         Route("/studies/{file}/presets/{w}/{fmt}", preset),
@@ -263,6 +275,7 @@ def create_app(
         Route("/api/sweeps", action(queue_sweep, str), methods=["POST"]),
         Route("/api/sweeps/{id}", api(sweep_data)),
         Route("/api/sweeps/{id}/stop", action(stop_sweep, str), methods=["POST"]),
+        Route("/api/studies/{file}/reconfirm", action(reconfirm, str), methods=["POST"]),
         Route("/api/sweeps/{id}/resume", action(resume_sweep, str), methods=["POST"]),
         Route("/api/studies/{file}", api(results_data)),
         Route("/api/studies/{file}/install/{w}", action(install, str), methods=["POST"]),

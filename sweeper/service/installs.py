@@ -1,16 +1,19 @@
 """Install a confirmed preset into LM Studio, and undo it: every install is recorded (what was
-written where, and the backup of what was there) so the page can put it back."""
+written where, the backup of what was there, and what the preset was measured with: LM
+Studio's app and runtime versions, the layers it put on the GPU) so the page can put it back,
+and flag it when an engine update may have made it wrong."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export
+from sweeper import export, records
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
@@ -22,10 +25,15 @@ class InstallRefused(SweeperError):
     """Only a confirmed recommendation of a model LM Studio knows by name is installed."""
 
 
+#: How long the studies page trusts its last look at LM Studio's versions.
+ENGINE_TTL_S = 300.0
+
+
 class Installs:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._engines: dict[tuple[str, str | None], tuple[float, str | None]] = {}
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -45,7 +53,8 @@ class Installs:
                 f"{config.backend} studies name a model file, not an LM Studio model: "
                 "download the preset instead"
             )
-        preset = export.preset_for(open_study(config), config, workload)
+        study = open_study(config)
+        preset = export.preset_for(study, config, workload)
         if preset.recommendation.status != CONFIRMED:
             raise InstallRefused(
                 f"{workload}: {preset.recommendation.claim()}; only a recommendation confirmed "
@@ -57,6 +66,8 @@ class Installs:
             except OSError as exc:  # a full disk, a folder where a file should be, ...
                 raise InstallRefused(f"cannot install into LM Studio: {exc}") from None
             rows = self._read()
+            trial = preset.recommendation.point.trial
+            measured = next(r for r in records.load(study) if r.number == trial)
             row = {
                 "n": str(len(rows) + 1),
                 "study": path.name,
@@ -64,10 +75,31 @@ class Installs:
                 "target": str(target),
                 "backup": str(backup) if backup else None,
                 "when": time.strftime("%Y-%m-%d %H:%M"),
+                "at": time.time(),
                 "undone": False,
+                "settings": preset.settings.to_dict(),
+                "trial": trial,
+                "engine": (measured.machine or {}).get("backend_version"),
+                "gpu_layers": measured.gpu_layers,
             }
             write_atomic(self.path, json.dumps([*rows, row], indent=1), force=True)
         return row
+
+    def active(self, study_file: str) -> list[dict[str, Any]]:
+        """The installs of a study still in place: per file written, the latest not undone."""
+        latest: dict[str, dict[str, Any]] = {}
+        for r in self.for_study(study_file):
+            latest[r["target"]] = r
+        return [r for r in latest.values() if not r["undone"]]
+
+    def engine_now(self, backend: str, host: str | None) -> str | None:
+        """The engine's version as it is now (LM Studio asked at most every few minutes)."""
+        key = (backend, host)
+        seen = self._engines.get(key)
+        if seen is None or time.monotonic() - seen[0] > ENGINE_TTL_S:
+            seen = (time.monotonic(), backend_class(backend).engine_version({"host": host}))
+            self._engines[key] = seen
+        return seen[1]
 
     def undo(self, n: str) -> dict[str, Any]:
         with self._lock:
@@ -88,3 +120,32 @@ class Installs:
             row["undone"] = True
             write_atomic(self.path, json.dumps(rows, indent=1), force=True)
         return row
+
+
+def changes(
+    row: dict[str, Any], engine_now: str | None, recs: Sequence[records.TrialRecord]
+) -> list[str]:
+    """Why an installed preset may no longer hold: LM Studio (its app or a runtime) is not the
+    one the preset was measured with, or a load of the installed settings since the install
+    put another number of layers on the GPU (an update can do that without a word)."""
+    out = []
+    then = row.get("engine")
+    if engine_now and then and engine_now != then:
+        out.append(f"LM Studio changed since the preset was measured: {then} -> {engine_now}")
+    layers = row.get("gpu_layers")
+    later = [
+        r
+        for r in recs
+        if r.settings == row.get("settings")
+        and r.gpu_layers is not None
+        and r.datetime_complete is not None
+        and r.datetime_complete.timestamp() > row.get("at", 0)
+    ]
+    if layers is not None and later:
+        newest = max(later, key=lambda r: r.datetime_complete or 0)
+        if newest.gpu_layers != layers:
+            out.append(
+                f"trial {newest.number} put {newest.gpu_layers:g} layers on the GPU with the "
+                f"installed settings; the preset was measured with {layers:g}"
+            )
+    return out

@@ -17,6 +17,8 @@ from sweeper.errors import StorageError, SweeperError
 from sweeper.measurement import Spread
 from sweeper.recommend import CONFIRMED, for_study
 from sweeper.records import FULL, SCREEN
+from sweeper.service import installs
+from sweeper.service.installs import Installs
 from sweeper.service.queue import RUNNING, Queue, Sweep
 from sweeper.storage import open_study, redact
 
@@ -46,8 +48,9 @@ def study_files(studies: Path) -> list[Path]:
     )
 
 
-def studies_page(studies: Path, queue: Queue) -> dict[str, Any]:
-    """Every study under the studies directory: state, trials, best confirmed gain, when."""
+def studies_page(studies: Path, queue: Queue, installed: Installs) -> dict[str, Any]:
+    """Every study under the studies directory: state, trials, best confirmed gain, when, and
+    its presets installed in LM Studio, flagged when an engine update may have changed them."""
     rows = []
     for path in study_files(studies):
         row: dict[str, Any] = {"file": path.name}
@@ -79,6 +82,13 @@ def studies_page(studies: Path, queue: Queue) -> dict[str, Any]:
                     row["best"][w] = {"status": rec.status, "claim": rec.claim()}
         if row["last_ran"] is not None:
             row["last_ran"] = row["last_ran"].isoformat(timespec="minutes")
+        row["installs"] = []
+        for install in installed.active(path.name):
+            engine = installed.engine_now(config.backend, config.host)
+            flags = installs.changes(install, engine, recs)
+            row["installs"].append(
+                {k: install[k] for k in ("n", "workload", "when", "target")} | {"flags": flags}
+            )
         rows.append(row)
     return {"studies": rows, "sweeps": [s.to_dict() for s in queue.snapshot()]}
 

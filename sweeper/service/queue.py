@@ -19,9 +19,13 @@ QUEUED, RUNNING, STOPPED, FINISHED, FAILED = "queued", "running", "stopped", "fi
 STATES = (QUEUED, RUNNING, STOPPED, FINISHED, FAILED)
 
 
+RUN, CONFIRM = "run", "confirm"
+
+
 @dataclass
 class Sweep:
-    """One queued run of a study file: ``sweeper run STUDY [--trials N] [--timeout T]``."""
+    """One queued run of a study file: ``sweeper run STUDY [--trials N] [--timeout T]``, or
+    its re-confirmation, ``sweeper confirm STUDY`` (``action``)."""
 
     study: str  # the study file, an absolute path inside the studies directory
     trials: int | None = None
@@ -37,6 +41,7 @@ class Sweep:
     stage: str = ""
     message: str = ""
     log: str = ""
+    action: str = RUN
 
     @property
     def name(self) -> str:

@@ -16,7 +16,16 @@ from typing import Any
 
 from sweeper.config import parse_duration
 from sweeper.errors import StudyFileError
-from sweeper.service.queue import FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Queue, Sweep
+from sweeper.service.queue import (
+    CONFIRM,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    Queue,
+    Sweep,
+)
 from sweeper.system import Program
 
 log = logging.getLogger("sweeper")
@@ -45,6 +54,8 @@ def timeout_seconds(text: str, now: dt.datetime | None = None) -> float:
 
 
 def command(sweep: Sweep, python: str = sys.executable) -> list[str]:
+    if sweep.action == CONFIRM:
+        return [python, "-m", "sweeper", "confirm", sweep.study]
     argv = [python, "-m", "sweeper", "run", sweep.study, "--progress", "json"]
     if sweep.trials:
         argv += ["--trials", str(sweep.trials)]

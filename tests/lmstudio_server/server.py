@@ -128,11 +128,14 @@ class LMStudioTestServer:
         drop_after_tokens: int | None = None,
         reasoning_tokens: int = 0,
         default_load: dict[str, Any] | None = None,
+        app_version: str = "0.4.21",
     ) -> None:
         self.models = {m.key: m for m in models}
         #: load fields applied under whatever a client sends, as LM Studio applies the model's
         #: default config (where an install writes) and reports them back as applied
         self.default_load = dict(default_load or {})
+        #: what the ``system`` namespace's ``version`` RPC says (an update changes it)
+        self.app_version = app_version
         self.host, self.port = host, port
         self.fail_load = fail_load
         self.drop_after_tokens = drop_after_tokens
@@ -226,6 +229,7 @@ class LMStudioTestServer:
             ("system", "listDownloadedModels"): lambda p: [
                 self._info(m) for m in self.models.values()
             ],
+            ("system", "version"): lambda p: {"version": self.app_version, "build": 1},
             ("llm", "listLoaded"): lambda p: [
                 self._instance_info(i) for i in self.instances.values()
             ],

@@ -24,7 +24,7 @@ from conftest import FAKE_STUDY, run_fake
 from sweeper import lock, records
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
-from sweeper.service import installs
+from sweeper.service import installs, shared
 from sweeper.service.app import create_app
 from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
 from sweeper.service.security import Guard
@@ -445,6 +445,61 @@ def stored_workload(gpu_layers: float) -> dict[str, Any]:
         "backend_stats": {"num_gpu_layers": gpu_layers},
     }
     return {"tok_s": spread, "ttft_s": spread, "output_tokens": spread, "runs": [run]}
+
+
+def test_every_rig_shows_the_sweeps_of_the_others(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rigs share a study on PostgreSQL, each with its own service and queue: a sweep
+    queued on one shows on the other's studies page, labelled by machine, and its state
+    follows; the other rig's open pages are told when it changed (looked at every POLL_S)."""
+    monkeypatch.setattr(shared, "POLL_S", 0.3)
+    text = FAKE_STUDY.replace('name = "fake"', f'name = "rigs"\nstorage = "{postgres_url}"')
+    dirs = []
+    for rig in ("a", "b"):
+        d = tmp_path / rig
+        d.mkdir()
+        (d / "shared.toml").write_text(text)
+        dirs.append(d)
+    run = CliRunner().invoke(cli, ["run", str(dirs[0] / "shared.toml"), "--trials", "1"])
+    assert run.exit_code == 0, run.stderr
+
+    def others(c: TestClient) -> list[dict[str, Any]]:
+        return list(c.get("/api/studies").json()["elsewhere"])
+
+    def wait(c: TestClient, state: str) -> list[dict[str, Any]]:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            seen = others(c)
+            if seen and seen[-1]["state"] == state:
+                return seen
+            time.sleep(0.1)
+        raise AssertionError(f"never saw a sweep {state}: {others(c)}")
+
+    a_state, b_state = tmp_path / "a-state", tmp_path / "b-state"
+    with (
+        TestClient(
+            create_app(dirs[0], a_state, supervise=False, machine="rig-a"),
+            base_url="http://127.0.0.1:8765",
+        ) as a,
+        TestClient(
+            create_app(dirs[1], b_state, supervise=False, machine="rig-b"),
+            base_url="http://127.0.0.1:8765",
+        ) as b,
+    ):
+        told: list[int] = []
+        b.app.state.service.rigs.changed = lambda: told.append(1)  # type: ignore[attr-defined]
+        sweep = a.post("/api/sweeps", json={"study": "shared.toml", "trials": 3}).json()
+        (seen,) = wait(b, "queued")
+        assert (seen["id"], seen["machine"], seen["file"]) == (sweep["id"], "rig-a", "shared.toml")
+        assert others(a) == []  # a rig's own sweeps are in its queue, not among the others'
+        assert "rig-a" in b.get("/").text
+        a.post(f"/api/sweeps/{sweep['id']}/stop")
+        wait(b, "stopped")
+        end = time.monotonic() + 10
+        while not told and time.monotonic() < end:
+            time.sleep(0.1)
+        assert told  # b's open pages were told, without a page load of b's own
 
 
 def test_a_malformed_lmstudio_host_is_said_on_the_form(web: TestClient) -> None:

@@ -21,7 +21,14 @@ from sweeper.cli.common import errors, fail
     metavar="DIR",
     help="The study files the service lists and runs.",
 )
-def serve(host: str, port: int, studies_dir: str) -> None:
+@click.option(
+    "--machine",
+    default=None,
+    metavar="NAME",
+    help="The name other rigs sharing a study show this rig's sweeps under (default: the host "
+    "name).",
+)
+def serve(host: str, port: int, studies_dir: str, machine: str | None) -> None:
     """Plan, queue, watch and finish sweeps in the browser; one measurement at a time."""
     import uvicorn
     from filelock import FileLock, Timeout
@@ -48,7 +55,7 @@ def serve(host: str, port: int, studies_dir: str) -> None:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port")
     token = None if is_loopback(host) else secrets.token_urlsafe(24)
     with errors():
-        app = create_app(studies, state, host, token)
+        app = create_app(studies, state, host, token, machine=machine)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"sweeper serve: open {url} (studies in {studies}; Ctrl-C stops)", err=True)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from sweeper.service.events import Hub
 from sweeper.service.installs import Installs
 from sweeper.service.queue import CONFIRM, Queue, Sweep
 from sweeper.service.security import Guard, study_path
+from sweeper.service.shared import Rigs
 from sweeper.service.supervisor import Supervisor, timeout_seconds
 
 log = logging.getLogger("sweeper")
@@ -50,12 +52,19 @@ class NotFound(SweeperError):
 class Service:
     """What the app holds: the studies directory, the queue, its supervisor, the live hub."""
 
-    def __init__(self, studies: Path, state: Path) -> None:
+    def __init__(self, studies: Path, state: Path, machine: str) -> None:
         self.studies = studies.resolve()
+        self.machine = machine
         self.hub = Hub()
         self.queue = Queue(state / "queue.json")
         self.supervisor = Supervisor(self.queue, state / "logs", self.hub.publish)
         self.installs = Installs(state / "installs.json")
+        self.rigs = Rigs(
+            self.queue,
+            machine,
+            lambda: [str(p) for p in pages.study_files(self.studies)],
+            lambda: self.hub.publish({"event": "changed", "elsewhere": True}),
+        )
 
     def sweep(self, sweep_id: str) -> Sweep:
         s = self.queue.get(sweep_id)
@@ -89,8 +98,10 @@ def create_app(
     bound_host: str = "127.0.0.1",
     token: str | None = None,
     supervise: bool = True,
+    machine: str | None = None,
 ) -> Starlette:
-    service = Service(studies, state)
+    """``machine``: the name this rig's sweeps carry on other rigs' pages (the host name)."""
+    service = Service(studies, state, machine or socket.gethostname())
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["spread"] = pages.spread_text
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=1, default=str)
@@ -138,7 +149,7 @@ def create_app(
 
     async def studies_data(request: Request) -> dict[str, Any]:
         return await to_thread.run_sync(
-            pages.studies_page, service.studies, service.queue, service.installs
+            pages.studies_page, service.studies, service.queue, service.installs, service.machine
         )
 
     async def sweep_data(request: Request) -> dict[str, Any]:
@@ -175,7 +186,8 @@ def create_app(
         seconds = timeout_seconds(budget) if budget else None
         until = budget is not None and budget.lower().startswith("until")
         deadline = time.time() + seconds if until and seconds else None
-        sweep = service.queue.add(Sweep(str(path), trials, budget, deadline=deadline))
+        sweep = Sweep(str(path), trials, budget, deadline=deadline, machine=service.machine)
+        service.queue.add(sweep)
         service.hub.publish({"event": "queued", "sweep": sweep.id})
         return sweep.to_dict()
 
@@ -184,7 +196,7 @@ def create_app(
         it would evict the model the user is working with)."""
         path = service.study(request.path_params["file"])
         config_file.load(str(path))
-        sweep = service.queue.add(Sweep(str(path), action=CONFIRM))
+        sweep = service.queue.add(Sweep(str(path), action=CONFIRM, machine=service.machine))
         service.hub.publish({"event": "queued", "sweep": sweep.id})
         return sweep.to_dict()
 
@@ -236,6 +248,7 @@ def create_app(
         import asyncio
 
         service.hub.loop = asyncio.get_running_loop()
+        service.rigs.start()
         if supervise:
             service.supervisor.start()
         try:
@@ -244,6 +257,7 @@ def create_app(
             service.hub.close()
             if supervise:
                 await to_thread.run_sync(service.supervisor.close)
+            await to_thread.run_sync(service.rigs.close)
 
     def to_sweep(d: dict[str, Any]) -> str:
         return f"/sweeps/{d['id']}"

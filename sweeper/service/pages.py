@@ -17,7 +17,7 @@ from sweeper.errors import StorageError, SweeperError
 from sweeper.measurement import Spread
 from sweeper.recommend import CONFIRMED, for_study
 from sweeper.records import FULL, SCREEN
-from sweeper.service import installs
+from sweeper.service import installs, shared
 from sweeper.service.installs import Installs
 from sweeper.service.queue import RUNNING, Queue, Sweep
 from sweeper.storage import open_study, redact
@@ -48,10 +48,13 @@ def study_files(studies: Path) -> list[Path]:
     )
 
 
-def studies_page(studies: Path, queue: Queue, installed: Installs) -> dict[str, Any]:
+def studies_page(
+    studies: Path, queue: Queue, installed: Installs, machine: str = ""
+) -> dict[str, Any]:
     """Every study under the studies directory: state, trials, best confirmed gain, when, and
-    its presets installed in LM Studio, flagged when an engine update may have changed them."""
-    rows = []
+    its presets installed in LM Studio, flagged when an engine update may have changed them;
+    the sweeps of this rig's queue, and other rigs' sweeps of the studies they share."""
+    rows, elsewhere = [], []
     for path in study_files(studies):
         row: dict[str, Any] = {"file": path.name}
         try:
@@ -82,6 +85,8 @@ def studies_page(studies: Path, queue: Queue, installed: Installs) -> dict[str, 
                     row["best"][w] = {"status": rec.status, "claim": rec.claim()}
         if row["last_ran"] is not None:
             row["last_ran"] = row["last_ran"].isoformat(timespec="minutes")
+        if study is not None and shared.is_shared(config.storage):
+            elsewhere += [{**s, "file": path.name} for s in shared.elsewhere(study, machine)]
         row["installs"] = []
         for install in installed.active(path.name):
             engine = installed.engine_now(config.backend, config.host)
@@ -90,7 +95,12 @@ def studies_page(studies: Path, queue: Queue, installed: Installs) -> dict[str, 
                 {k: install[k] for k in ("n", "workload", "when", "target")} | {"flags": flags}
             )
         rows.append(row)
-    return {"studies": rows, "sweeps": [s.to_dict() for s in queue.snapshot()]}
+    return {
+        "studies": rows,
+        "sweeps": [s.to_dict() for s in queue.snapshot()],
+        "machine": machine,
+        "elsewhere": elsewhere,
+    }
 
 
 def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ class Queue:
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)
         self.sweeps: list[Sweep] = []
+        #: called (under the queue's lock: keep them short) when a sweep is added or changes
+        #: state
+        self.listeners: list[Callable[[], None]] = []
         if path.exists():
             try:
                 rows = json.loads(path.read_text(encoding="utf-8"))
@@ -77,6 +81,7 @@ class Queue:
                 s.message = "resumed: the service stopped while it ran"
             self.sweeps.sort(key=lambda s: s not in cut)  # stable: the queue's order otherwise
             self._save()
+            self._tell()
             return cut
 
     def add(self, sweep: Sweep) -> Sweep:
@@ -84,6 +89,7 @@ class Queue:
             self.sweeps.append(sweep)
             self._save()
             self.changed.notify_all()
+            self._tell()
             return sweep
 
     def to_front(self, sweep: Sweep) -> None:
@@ -107,6 +113,8 @@ class Queue:
                 setattr(sweep, k, v)
             self._save()
             self.changed.notify_all()
+            if "state" in changes:
+                self._tell()
 
     def latest(self, study: str) -> Sweep | None:
         with self._lock:
@@ -116,6 +124,10 @@ class Queue:
     def snapshot(self) -> list[Sweep]:
         with self._lock:
             return [Sweep(**asdict(s)) for s in self.sweeps]
+
+    def _tell(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _save(self) -> None:
         rows = [asdict(s) for s in self.sweeps]

@@ -189,6 +189,57 @@ def test_a_study_written_from_the_form_runs_in_the_cli(web: TestClient, studies:
     assert not (studies / "x.toml").exists()
 
 
+def test_the_form_takes_ranges_to_sweep(web: TestClient, studies: Path) -> None:
+    form = {
+        "name": "ranges",
+        "backend": "fake",
+        "model": "fake-model",
+        "space.cpu_threads": "2..12",
+        "space.gpu_offload": " 0.5 .. 1.0 step 0.05 ",
+        "workloads": ["short"],
+    }
+    assert web.post("/studies", data=form, follow_redirects=False).status_code == 303
+    text = (studies / "ranges.toml").read_text()
+    assert "cpu_threads = { low = 2, high = 12 }" in text
+    assert "gpu_offload = { low = 0.5, high = 1.0, step = 0.05 }" in text
+    for bad, message in (("12..2", "a range goes from low to high"), ("1..x", "or a range, 1..8")):
+        r = web.post("/studies", data=form | {"name": "bad", "space.cpu_threads": bad})
+        assert r.status_code == 400 and message in r.text
+    assert not (studies / "bad.toml").exists()
+
+
+def test_the_plan_of_a_new_study_can_start_from_an_assumed_speed(web: TestClient) -> None:
+    assert web.get("/api/new?study=fake.toml").json()["plan"] is None
+    planned = web.get("/api/new?study=fake.toml&budget=8h&assume_tok_s=10&assume_load_s=30")
+    assert planned.json()["plan"]["speeds"]["source"] == "assumed"
+    bad = web.get("/new?study=fake.toml&assume_tok_s=-3")
+    assert bad.status_code == 400 and "assumed tok/s: must be more than 0" in bad.text
+
+
+def test_the_baseline_is_filled_from_lm_studios_default_config(
+    web: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    target = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config/pub/m.json"
+    target.parent.mkdir(parents=True)
+    fields = [
+        {"key": "llm.load.contextLength", "value": 8192},
+        {"key": "llm.load.llama.flashAttention", "value": True},
+        {
+            "key": "llm.load.llama.kCacheQuantizationType",
+            "value": {"checked": True, "value": "q8_0"},
+        },
+        {"key": "llm.load.numCpuExpertLayersRatio", "value": 0.5},  # a ratio: not a count
+    ]
+    target.write_text(json.dumps({"load": {"fields": fields}, "operation": {"fields": []}}))
+    current = web.get("/api/new?backend=lmstudio&model=pub/m").json()["current"]
+    assert current == {"context_length": "8192", "flash_attention": "true", "k_cache_type": "q8_0"}
+    page = web.get("/new?backend=lmstudio&model=pub/m").text
+    assert '<input name="baseline.context_length" value="8192">' in page
+    assert web.get("/api/new?backend=lmstudio&model=pub/other").json()["current"] == {}
+    assert web.get("/api/new?backend=lmstudio&model=../../etc").json()["current"] == {}
+
+
 def test_the_form_offers_the_gguf_files_of_the_studies_directory(
     web: TestClient, studies: Path, tmp_path: Path
 ) -> None:

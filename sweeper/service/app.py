@@ -168,13 +168,19 @@ def create_app(
         data["gguf"] = await to_thread.run_sync(pages.gguf_files, service.studies)
         if q.get("models"):  # asked for: discovering LM Studio can take a moment
             data |= await to_thread.run_sync(pages.lmstudio_models, q.get("host"))
+        # "your current settings", where the backend can say (LM Studio's default config)
+        data["current"] = forms.current_settings(q.get("backend", ""), q.get("model", ""))
         if q.get("study"):
             path = service.study(q["study"])
             config = config_file.load(str(path))
             trials = forms.positive_int(q.get("trials"), "trials")
             budget = q.get("budget") or None
             timeout_s = timeout_seconds(budget) if budget else None
-            data |= await to_thread.run_sync(pages.plan_of, config, timeout_s, trials)
+            assumed = (
+                forms.positive_float(q.get("assume_tok_s"), "assumed tok/s"),
+                forms.positive_float(q.get("assume_load_s"), "assumed load time"),
+            )
+            data |= await to_thread.run_sync(pages.plan_of, config, timeout_s, trials, *assumed)
         return data
 
     async def queue_sweep(request: Request) -> dict[str, Any]:

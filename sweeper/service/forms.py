@@ -29,6 +29,10 @@ FIELDS: dict[str, str] = {
     "cpu_moe_layers": "",
 }
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: a range to sweep: ``2..12``, ``0.5..1.0 step 0.05``
+RANGE = re.compile(
+    r"\s*(?P<low>[-+0-9.eE]+)\s*\.\.\s*(?P<high>[-+0-9.eE]+)(?:\s+step\s+(?P<step>\S+))?\s*"
+)
 
 
 class FormError(SweeperError):
@@ -47,6 +51,18 @@ def positive_int(value: Any, what: str) -> int | None:
     return n
 
 
+def positive_float(value: Any, what: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise FormError(f"{what}: {value!r} is not a number") from None
+    if not x > 0 or x == float("inf"):
+        raise FormError(f"{what}: must be more than 0")
+    return x
+
+
 def _value(text: str, what: str) -> Any:
     text = text.strip()
     if text.lower() in ("true", "false"):
@@ -59,6 +75,31 @@ def _value(text: str, what: str) -> Any:
     if not re.fullmatch(r"[A-Za-z0-9_.]+", text):
         raise FormError(f"{what}: {text!r} is not a value")
     return text
+
+
+def _number(text: str, what: str) -> int | float:
+    value = _value(text, what)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FormError(f"{what}: {text!r} is not a number")
+    return value
+
+
+def swept_values(text: str, key: str) -> str | None:
+    """The TOML of the values to sweep the form names: ``a, b, c`` or a range ``low..high``
+    (``step s`` optional); None when none."""
+    m = RANGE.fullmatch(text)
+    if m:
+        low, high = _number(m["low"], key), _number(m["high"], key)
+        if not low < high:
+            raise FormError(f"{key}: a range goes from low to high ({text.strip()!r})")
+        parts = [f"low = {low!r}", f"high = {high!r}"]
+        if m["step"]:
+            parts.append(f"step = {_number(m['step'], key)!r}")
+        return "{ " + ", ".join(parts) + " }"
+    swept = [v for v in text.split(",") if v.strip()]
+    if len(swept) == 1:
+        raise FormError(f"{key}: give two or more values to sweep (or a range, 1..8), or none")
+    return _toml([_value(v, key) for v in swept]) if swept else None
 
 
 def _toml(v: Any) -> str:
@@ -90,11 +131,9 @@ def study_text(form: dict[str, Any]) -> tuple[str, str]:
         base = str(form.get(f"baseline.{key}", "")).strip()
         if base:
             baseline.append(f"{key} = {_toml(_value(base, f'baseline {key}'))}")
-        swept = [v for v in str(form.get(f"space.{key}", "")).split(",") if v.strip()]
-        if len(swept) == 1:
-            raise FormError(f"{key}: give two or more values to sweep, or none")
+        swept = swept_values(str(form.get(f"space.{key}", "")), key)
         if swept:
-            space.append(f"{key} = {_toml([_value(v, key) for v in swept])}")
+            space.append(f"{key} = {swept}")
     if not space:
         raise FormError("choose at least one setting to sweep (two or more values)")
     lines += ["", "[baseline]", *baseline, "", "[space]", *space]
@@ -115,6 +154,32 @@ def study_text(form: dict[str, Any]) -> tuple[str, str]:
     if not chosen and not prompt:
         raise FormError("workloads: tick one or write your own prompt")
     return f"{name}.toml", "\n".join(lines) + "\n"
+
+
+def current_settings(backend: str, model: str) -> dict[str, str]:
+    """The settings the backend would load ``model`` with today, where it can say, as the
+    form's baseline fields show them: for LM Studio, the model's default config (what the app
+    applies on every load); else none."""
+    if backend != "lmstudio" or not model:
+        return {}
+    from sweeper.backends.lmstudio import from_wire
+
+    try:
+        target = export.lmstudio_install_path(model)
+        doc = json.loads(target.read_text(encoding="utf-8"))
+        fields = {f["key"]: f["value"] for f in doc["load"]["fields"]}
+    except (OSError, ValueError, KeyError, TypeError, SweeperError):
+        return {}
+    # the MoE expert layers are a ratio there, a layer count here: not guessed
+    return {
+        k: _text(v)
+        for k, v in from_wire(fields, None).items()
+        if k in FIELDS and k != "cpu_moe_layers"
+    }
+
+
+def _text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 
 def write_study(studies: Path, form: dict[str, Any]) -> Path:

@@ -201,15 +201,26 @@ def results_page(path: Path) -> dict[str, Any]:
     return out
 
 
-def plan_of(config: StudyConfig, timeout_s: float | None, trials: int | None) -> dict[str, Any]:
-    """``sweeper plan``'s answer, or why there is none yet."""
+def plan_of(
+    config: StudyConfig,
+    timeout_s: float | None,
+    trials: int | None,
+    assume_tok_s: float | None = None,
+    assume_load_s: float | None = None,
+) -> dict[str, Any]:
+    """``sweeper plan``'s answer (from the measured baseline, else from assumed speeds), or
+    why there is none yet."""
     try:
         recs = records.load(open_study(config))
     except StorageError:
         recs = []
-    speeds = plan.speeds(config, recs)
+    speeds = plan.speeds(config, recs, assume_tok_s, assume_load_s)
     if speeds is None:
-        return {"plan": None, "why": "no measured baseline yet: the first trial measures it"}
+        return {
+            "plan": None,
+            "why": "no measured baseline yet: the first trial measures it. Give the decode "
+            "speed you see today (tok/s) to plan from that.",
+        }
     night = plan.plan(config, speeds, recs, timeout_s or config.budget.timeout_s, trials)
     return {"plan": night.to_dict(), "summary": plan.summary(night)}
 

@@ -4,6 +4,7 @@ supervisor with the fake backend, installing into LM Studio and undoing it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -24,8 +25,9 @@ from conftest import FAKE_STUDY, run_fake
 from sweeper import lock, records
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
-from sweeper.service import installs, shared
+from sweeper.service import events, installs, shared
 from sweeper.service.app import create_app
+from sweeper.service.events import Hub
 from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
 from sweeper.service.security import Guard
 from sweeper.service.supervisor import command, timeout_seconds
@@ -397,6 +399,38 @@ def test_install_in_lmstudio_keeps_other_fields_and_undoes(web: TestClient, swep
     assert web.post(f"/api/installs/{row['n']}/undo").json()["undone"] is True
     assert json.loads(target.read_text()) == LMSTUDIO_CONFIG
     assert web.post(f"/api/installs/{row['n']}/undo").status_code == 400
+
+    twin = web.get("/api/studies/fake.toml/presets/short/lmstudio").json()  # the download's
+    assert (twin["file"], twin["text"]) == ("fake-short.json", preset.text)
+    assert web.get("/api/studies/fake.toml/presets/short/nope").status_code == 404
+
+
+def test_a_damaged_install_history_is_refused_not_overwritten(
+    web: TestClient, swept: Path, tmp_path: Path
+) -> None:
+    history = tmp_path / "state" / "installs.json"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text('[{"n": "1", "study": "fake.toml", "target": "/x", "backup": "/x.b')
+    r = web.post("/api/studies/fake.toml/install/short")
+    assert r.status_code == 400 and "is damaged" in r.json()["error"]
+    assert history.read_text().endswith('"/x.b')  # the backups it points to are not forgotten
+
+
+def test_a_page_that_stops_reading_events_costs_one_reload_not_memory() -> None:
+    async def run() -> list[Any]:
+        hub = Hub()
+        hub.loop = asyncio.get_running_loop()
+        stream = hub.stream()
+        assert await anext(stream) == ": connected\n\n"
+        (q,) = hub.listeners
+        for i in range(events.BACKLOG * 3 + 5):
+            hub._fan_out({"event": "trial", "n": i})
+        assert q.qsize() <= events.BACKLOG
+        return [json.loads((await anext(stream))[6:]) for _ in range(q.qsize())]
+
+    got = asyncio.run(run())
+    assert got[0] == {"event": "changed", "missed": True}  # the page reads the sweep again
+    assert got[-1] == {"event": "trial", "n": events.BACKLOG * 3 + 4}  # and goes on live
 
 
 def test_only_confirmed_recommendations_are_installed(

@@ -228,17 +228,24 @@ def create_app(
     async def undo(request: Request) -> dict[str, Any]:
         return await to_thread.run_sync(service.installs.undo, request.path_params["n"])
 
-    async def preset(request: Request) -> Response:
+    async def preset_data(request: Request) -> dict[str, Any]:
+        """A preset as JSON (the download's twin): its file name and its text."""
         path = service.study(request.path_params["file"])
         fmt = request.path_params["fmt"]
         if fmt not in export.FORMATS:
-            return JSONResponse({"error": f"unknown format {fmt!r}"}, status_code=404)
+            raise NotFound(f"unknown format {fmt!r}; formats: {', '.join(export.FORMATS)}")
+        text, name = await to_thread.run_sync(
+            forms.render_preset, path, request.path_params["w"], fmt
+        )
+        return {"file": name, "format": fmt, "text": text}
+
+    async def preset(request: Request) -> Response:
         try:
-            text, name = await to_thread.run_sync(
-                forms.render_preset, path, request.path_params["w"], fmt
-            )
+            data = await preset_data(request)
         except SweeperError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            status = 404 if isinstance(exc, NotFound) else 400
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        text, name = data["text"], data["file"]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a header is Latin-1, a name may not be
         disposition = f'attachment; filename="{safe}"'
         return Response(text, media_type="text/plain", headers={"content-disposition": disposition})
@@ -298,6 +305,7 @@ def create_app(
         Route("/api/studies/{file}/reconfirm", action(reconfirm, str), methods=["POST"]),
         Route("/api/sweeps/{id}/resume", action(resume_sweep, str), methods=["POST"]),
         Route("/api/studies/{file}", api(results_data)),
+        Route("/api/studies/{file}/presets/{w}/{fmt}", api(preset_data)),
         Route("/api/studies/{file}/install/{w}", action(install, str), methods=["POST"]),
         Route("/api/installs/{n}/undo", action(undo, str), methods=["POST"]),
         Route("/api/events", events),

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 KEEPALIVE_S = 15.0
+#: Events one page may fall behind by; a page further behind gets a "reload" instead (it reads
+#: the study again), so a stalled page cannot make the service hold every event for it.
+BACKLOG = 100
 
 
 class Hub:
@@ -25,6 +28,10 @@ class Hub:
 
     def _fan_out(self, event: dict[str, Any] | None) -> None:
         for q in self.listeners:
+            if q.full():  # a page that stopped reading: what it missed is one reload
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait({"event": "changed", "missed": True})
             q.put_nowait(event)
 
     def close(self) -> None:
@@ -33,7 +40,7 @@ class Hub:
     async def stream(self) -> AsyncIterator[str]:
         """Server-sent events until the hub closes (a comment now and then keeps proxies and
         browsers from giving up on a quiet stream)."""
-        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(BACKLOG)
         self.listeners.add(q)
         try:
             yield ": connected\n\n"

@@ -36,11 +36,24 @@ class Installs:
         self._engines: dict[tuple[str, str | None], tuple[float, str | None]] = {}
 
     def _read(self) -> list[dict[str, Any]]:
+        """Every install so far; a history that cannot be read is refused (writing over it
+        would lose the backups it points to), never taken for an empty one."""
         try:
-            rows: list[dict[str, Any]] = json.loads(self.path.read_text(encoding="utf-8"))
-            return rows
-        except (OSError, ValueError):
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise InstallRefused(f"cannot read the install history {self.path}: {exc}") from None
+        try:
+            rows = json.loads(text)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError("not a list of installs")
+        except ValueError as exc:
+            raise InstallRefused(
+                f"the install history {self.path} is damaged ({exc}); move it away (the backups "
+                "it lists stay next to LM Studio's files)"
+            ) from None
+        return rows
 
     def for_study(self, study_file: str) -> list[dict[str, Any]]:
         return [r for r in self._read() if r["study"] == study_file]

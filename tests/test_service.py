@@ -578,7 +578,7 @@ def test_every_rig_shows_the_sweeps_of_the_others(
         (seen,) = wait(b, "queued")
         assert (seen["id"], seen["machine"], seen["file"]) == (sweep["id"], "rig-a", "shared.toml")
         assert others(a) == []  # a rig's own sweeps are in its queue, not among the others'
-        assert "rig-a" in b.get("/").text
+        assert '<tr data-sweep="{}"><td>rig-a</td>'.format(sweep["id"]) in b.get("/").text
         a.post(f"/api/sweeps/{sweep['id']}/stop")
         wait(b, "stopped")
         end = time.monotonic() + 10

@@ -129,6 +129,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
 
     page.goto(service.url + "/studies/ready.toml")
     assert "confirmed" in page.inner_text("#claim-short")
+    page.wait_for_selector("#chart-short .main-svg")  # the trials, the front, the baseline
     with page.expect_download() as download:
         page.click('#workload-short a.preset:text("lmstudio")')
     assert download.value.suggested_filename == "ready-short.json"

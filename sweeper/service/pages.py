@@ -175,6 +175,7 @@ def results_page(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"file": path.name, "name": config.name, "workloads": {}}
     for w, view in for_study(study, config).items():
         rec = view.recommendation
+        on_front = {p.trial for p in view.front}
         imp = report.importances(study, config, w, view.points)
         out["workloads"][w] = {
             "importance": imp,
@@ -190,6 +191,17 @@ def results_page(path: Path) -> dict[str, Any]:
                     "y": p.tok_s.median,
                 }
                 for p in view.front
+            ],
+            # every feasible trial, for the chart: the front among them, the baseline starred
+            "points": [
+                {
+                    "trial": p.trial,
+                    "x": p.ttft_s.median,
+                    "y": p.tok_s.median,
+                    "baseline": p.baseline,
+                    "front": p.trial in on_front,
+                }
+                for p in view.points
             ],
             "formats": list(export.FORMATS) if rec and rec.status != "keep" else [],
             "installable": bool(

@@ -116,6 +116,7 @@ def run(
     runner: compare.Runner,
     on_round: compare.OnRound | None = None,
     machine: str | None = None,
+    engine: str | None = None,
 ) -> list[Confirmation]:
     """Measure the plan in interleaved rounds and decide, workload by workload."""
     configs = the_plan.configs()
@@ -152,6 +153,7 @@ def run(
                 candidates=decided,
                 chosen=chosen,
                 machine=machine,
+                engine=engine,
             )
         )
     return out
@@ -234,6 +236,7 @@ def confirm_study(
     again: bool = False,
     on_round: compare.OnRound | None = None,
     machine: str | None = None,
+    engine: str | None = None,
 ) -> list[Confirmation]:
     """Confirm the study's recommendations (``only`` one workload's when given) and store the
     results. Without ``again``, only recommendations not yet settled by a confirmation."""
@@ -249,7 +252,7 @@ def confirm_study(
     the_plan = plan(views, config.confirm.candidates)
     if the_plan is None:
         return []
-    done = run(config, the_plan, runner, on_round, machine)
+    done = run(config, the_plan, runner, on_round, machine, engine)
     records.add_confirmations(study, done)
     return done
 

@@ -275,6 +275,8 @@ class Confirmation:
     #: baseline
     chosen: int | None
     machine: str | None = None
+    #: the engine's version it ran on (LM Studio's app and runtimes; see fingerprint.machine)
+    engine: str | None = None
 
     def candidate(self, trial: int) -> CandidateResult | None:
         return next((c for c in self.candidates if c.trial == trial), None)

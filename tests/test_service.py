@@ -490,6 +490,10 @@ def test_an_engine_update_flags_the_installed_preset_and_offers_a_reconfirmation
         "confirm",
         sweep["study"],
     ]
+    # the re-confirmation (run here as the queue would run it) on the new LM Studio: the gain
+    # holds there, so the installed preset is no longer flagged
+    assert CliRunner().invoke(cli, ["confirm", str(studies / "fake.toml")]).exit_code == 0
+    assert flags() == []
 
 
 def test_a_later_load_with_other_gpu_layers_flags_the_installed_preset() -> None:

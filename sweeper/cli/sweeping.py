@@ -132,7 +132,14 @@ def _confirm(
 
     try:
         confirm.confirm_study(
-            study, config, runner, only, again, on_round, fingerprint.short_id(machine)
+            study,
+            config,
+            runner,
+            only,
+            again,
+            on_round,
+            fingerprint.short_id(machine),
+            machine.get("backend_version"),
         )
     except TrialFailure as exc:
         fail(f"confirmation stopped: a configuration could not be measured: {exc}")

@@ -5,6 +5,7 @@ and flag it when an engine update may have made it wrong."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ from sweeper import export, records
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
+from sweeper.measurement import Confirmation
 from sweeper.recommend import CONFIRMED
 from sweeper.storage import open_study
 
@@ -81,6 +83,11 @@ class Installs:
             rows = self._read()
             trial = preset.recommendation.point.trial
             measured = next(r for r in records.load(study) if r.number == trial)
+            confirmed = [
+                c
+                for c in records.confirmations(study)
+                if c.workload == workload and c.chosen == trial and c.engine
+            ]
             row = {
                 "n": str(len(rows) + 1),
                 "study": path.name,
@@ -92,7 +99,10 @@ class Installs:
                 "undone": False,
                 "settings": preset.settings.to_dict(),
                 "trial": trial,
-                "engine": (measured.machine or {}).get("backend_version"),
+                # what the gain was last confirmed on, else what the trial was measured on
+                "engine": confirmed[-1].engine
+                if confirmed
+                else (measured.machine or {}).get("backend_version"),
                 "gpu_layers": measured.gpu_layers,
             }
             write_atomic(self.path, json.dumps([*rows, row], indent=1), force=True)
@@ -136,13 +146,29 @@ class Installs:
 
 
 def changes(
-    row: dict[str, Any], engine_now: str | None, recs: Sequence[records.TrialRecord]
+    row: dict[str, Any],
+    engine_now: str | None,
+    recs: Sequence[records.TrialRecord],
+    confirmations: Sequence[Confirmation] = (),
 ) -> list[str]:
     """Why an installed preset may no longer hold: LM Studio (its app or a runtime) is not the
-    one the preset was measured with, or a load of the installed settings since the install
-    put another number of layers on the GPU (an update can do that without a word)."""
+    one the preset was measured with (or re-confirmed on since), or a load of the installed
+    settings since the install put another number of layers on the GPU (an update can do that
+    without a word)."""
     out = []
     then = row.get("engine")
+    settings = {r.number: r.settings for r in recs}
+    again = [
+        c
+        for c in confirmations
+        if c.workload == row.get("workload")
+        and c.engine
+        and c.chosen is not None
+        and settings.get(c.chosen) == row.get("settings")
+        and _timestamp(c.when) > row.get("at", 0)
+    ]
+    if again:  # re-confirmed since the install: the engine it was re-confirmed on counts
+        then = again[-1].engine
     if engine_now and then and engine_now != then:
         out.append(f"LM Studio changed since the preset was measured: {then} -> {engine_now}")
     layers = row.get("gpu_layers")
@@ -162,3 +188,10 @@ def changes(
                 f"installed settings; the preset was measured with {layers:g}"
             )
     return out
+
+
+def _timestamp(iso: str) -> float:
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0

@@ -90,7 +90,8 @@ def studies_page(
         row["installs"] = []
         for install in installed.active(path.name):
             engine = installed.engine_now(config.backend, config.host)
-            flags = installs.changes(install, engine, recs)
+            confirmations = records.confirmations(study) if study is not None else []
+            flags = installs.changes(install, engine, recs, confirmations)
             row["installs"].append(
                 {k: install[k] for k in ("n", "workload", "when", "target")} | {"flags": flags}
             )

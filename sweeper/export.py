@@ -90,7 +90,8 @@ def lmstudio_json(p: Preset) -> str:
 def lmstudio_install_path(model_key: str) -> Path:
     """Where LM Studio reads a model's default load config (internal, undocumented)."""
     defaults = system.lmstudio_home() / ".internal" / "user-concrete-model-default-config"
-    if ".." in Path(model_key).parts or Path(model_key).is_absolute():
+    key = Path(model_key)
+    if ".." in key.parts or key.is_absolute() or key.drive or key.root:
         raise ExportError(f"{model_key!r} is not an LM Studio model key")
     return defaults / f"{model_key}.json"
 

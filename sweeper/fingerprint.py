@@ -70,6 +70,24 @@ def short_id(m: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def engine_known(backend: str | None, version: str | None) -> bool:
+    """Whether ``version`` names the engine itself. LM Studio's is ``LM Studio X; runtimes
+    ...``; studies from before sweeper read it hold the SDK package's version there, and a
+    LM Studio that did not answer leaves it unknown: neither is compared."""
+    if not version:
+        return False
+    return backend != "lmstudio" or version.startswith("LM Studio ")
+
+
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     ca, cb = comparable(a), comparable(b)
-    return [f"{k}: {ca[k]!r} vs {cb[k]!r}" for k in COMPARED if ca[k] != cb[k]]
+    out = []
+    for k in COMPARED:
+        if ca[k] == cb[k]:
+            continue
+        if k == "backend_version" and not (
+            engine_known(ca["backend"], ca[k]) and engine_known(cb["backend"], cb[k])
+        ):
+            continue
+        out.append(f"{k}: {ca[k]!r} vs {cb[k]!r}")
+    return out

@@ -286,5 +286,8 @@ class Confirmation:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Confirmation:
-        fields = {**d, "candidates": [CandidateResult(**c) for c in d["candidates"]]}
+        # a field another sweeper version wrote (rigs sharing a study) is left out, not fatal
+        known = {f.name for f in dataclasses.fields(Confirmation)}
+        fields = {k: v for k, v in d.items() if k in known}
+        fields["candidates"] = [CandidateResult(**c) for c in d["candidates"]]
         return Confirmation(**fields)

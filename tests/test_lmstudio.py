@@ -171,6 +171,19 @@ def test_the_fingerprint_has_lm_studios_app_and_runtime_versions(
     assert "backend_version: 'LM Studio 0.4.21 (build 1); " in err
 
 
+def test_an_lm_studio_that_does_not_say_its_version_leaves_the_engine_unknown(
+    model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".lmstudio/extensions/backends/llama.cpp-linux-1.2.3").mkdir(parents=True)
+    with LMStudioTestServer([ServerModel(KEY, model_path)], app_version=None) as srv:
+        assert LMStudioBackend.engine_version({"host": srv.address}) is None
+        srv.app_version = "0.4.21"
+        assert LMStudioBackend.engine_version({"host": srv.address}) == (
+            "LM Studio 0.4.21 (build 1); runtimes llama.cpp-linux-1.2.3"
+        )
+
+
 def test_the_load_has_no_ttl(server: LMStudioTestServer) -> None:
     with LMStudioBackend(KEY, host=server.address) as backend:
         backend.load(LoadSettings(context_length=512))

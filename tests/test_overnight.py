@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from conftest import FAKE_STUDY, REAL_STUDY, WriteStudy
-from sweeper import records, schedule, system
+from sweeper import fingerprint, records, schedule, system
 from sweeper.cli import cli
 from sweeper.storage import open_storage
 
@@ -123,7 +123,10 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
         except KeyError:
             continue
         states = [t.state for t in study.trials]
-        if states.count(TrialState.COMPLETE) >= 1 and TrialState.RUNNING in states:
+        started = [
+            t for t in study.trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+        ]
+        if states.count(TrialState.COMPLETE) >= 1 and started:
             break
     assert study is not None
     workers = _children(proc.pid)
@@ -188,6 +191,25 @@ def test_only_this_machines_trials_whose_process_is_gone_are_orphans() -> None:
     records.killed(study, found[1].number)
     again = records.load(study)
     assert [names[r.number] for r in schedule.retries(again)] == ["gone"]
+
+
+def test_an_engine_version_sweeper_could_not_read_is_not_compared() -> None:
+    """LM Studio studies from before sweeper read the app's version hold the SDK's there
+    (1.5.0); an LM Studio that did not say leaves it out. Neither refuses a resume; two known
+    versions that differ do."""
+    base = {"cpu": "x", "cores": 2, "ram_gb": 8, "gpus": [], "backend": "lmstudio", "model": {}}
+    old = base | {"backend_version": "1.5.0"}
+    new = base | {"backend_version": "LM Studio 0.4.21 (build 1)"}
+    newer = base | {"backend_version": "LM Studio 0.4.22 (build 1)"}
+    assert fingerprint.differences(old, new) == []
+    assert fingerprint.differences(base | {"backend_version": None}, new) == []
+    assert fingerprint.differences(new, newer) == [
+        "backend_version: 'LM Studio 0.4.21 (build 1)' vs 'LM Studio 0.4.22 (build 1)'"
+    ]
+    other = base | {"backend": "llama-server"}
+    assert fingerprint.differences(
+        other | {"backend_version": "b1"}, other | {"backend_version": "b2"}
+    )
 
 
 def test_a_different_machine_is_refused_unless_allowed(write_study: WriteStudy) -> None:

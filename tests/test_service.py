@@ -414,6 +414,10 @@ def test_a_damaged_install_history_is_refused_not_overwritten(
     r = web.post("/api/studies/fake.toml/install/short")
     assert r.status_code == 400 and "is damaged" in r.json()["error"]
     assert history.read_text().endswith('"/x.b')  # the backups it points to are not forgotten
+    lms = swept / ".lmstudio/.internal/user-concrete-model-default-config/fake-model.json"
+    assert not lms.exists()  # nothing installed that the history could not record
+    page = web.get("/")  # the studies and the queue still show, with the reason
+    assert page.status_code == 200 and 'id="installs-error"' in page.text
 
 
 def test_a_page_that_stops_reading_events_costs_one_reload_not_memory() -> None:
@@ -583,6 +587,7 @@ def test_every_rig_shows_the_sweeps_of_the_others(
         assert (seen["id"], seen["machine"], seen["file"]) == (sweep["id"], "rig-a", "shared.toml")
         assert others(a) == []  # a rig's own sweeps are in its queue, not among the others'
         assert '<tr data-sweep="{}"><td>rig-a</td>'.format(sweep["id"]) in b.get("/").text
+        told.clear()
         a.post(f"/api/sweeps/{sweep['id']}/stop")
         wait(b, "stopped")
         end = time.monotonic() + 10

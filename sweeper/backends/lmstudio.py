@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,22 +108,27 @@ def find_host(host: str | None) -> str:
 
 
 def engine(host: str | None) -> str | None:
-    """What LM Studio runs models with, for the machine fingerprint: the app's version and
-    the runtime packages installed in its home (``extensions/backends``, one folder per
-    runtime and version). An update of either can change what is put on the GPU."""
-    parts = []
+    """What LM Studio runs models with, for the machine fingerprint: the app's version and,
+    for an LM Studio on this machine, the runtime packages installed in its home
+    (``extensions/backends``, one folder per runtime and version). An update of either can
+    change what is put on the GPU. None when the app does not say its version (unknown: not
+    compared)."""
     lms = _sdk()
+    app = None
     with (
         contextlib.suppress(lms.LMStudioError, SweeperError, OSError),
-        lms.Client(find_host(host)) as client,
+        lms.Client(where := find_host(host)) as client,
     ):
         app = lmstudio_sdk.app_version(client)
-        if app:
-            parts.append(f"LM Studio {app}")
-    runtimes = installed_runtimes(system.lmstudio_home())
-    if runtimes:
-        parts.append(f"runtimes {', '.join(runtimes)}")
-    return "; ".join(parts) or None
+    if not app:
+        return None
+    local = where.rsplit(":", 1)[0] in ("localhost", "127.0.0.1", "[::1]", "::1")
+    runtimes = installed_runtimes(system.lmstudio_home()) if local else []
+    return f"LM Studio {app}" + (f"; runtimes {', '.join(runtimes)}" if runtimes else "")
+
+
+#: a runtime package's folder: its name, then its version (``...-avx2-1.50.2``)
+RUNTIME = re.compile(r".+-\d+(\.\d+)+$")
 
 
 def installed_runtimes(home: Path) -> list[str]:
@@ -130,7 +136,7 @@ def installed_runtimes(home: Path) -> list[str]:
     1.50.2``) under LM Studio's ``extensions/backends``."""
     folder = home / "extensions" / "backends"
     try:
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and RUNTIME.match(p.name))
     except OSError:
         return []
 

@@ -167,15 +167,11 @@ def current_settings(backend: str, model: str) -> dict[str, str]:
     try:
         target = export.lmstudio_install_path(model)
         doc = json.loads(target.read_text(encoding="utf-8"))
-        fields = {f["key"]: f["value"] for f in doc["load"]["fields"]}
-    except (OSError, ValueError, KeyError, TypeError, SweeperError):
-        return {}
+        applied = from_wire({f["key"]: f["value"] for f in doc["load"]["fields"]}, None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SweeperError):
+        return {}  # no such file, or one this sweeper cannot read: nothing filled in
     # the MoE expert layers are a ratio there, a layer count here: not guessed
-    return {
-        k: _text(v)
-        for k, v in from_wire(fields, None).items()
-        if k in FIELDS and k != "cpu_moe_layers"
-    }
+    return {k: _text(v) for k, v in applied.items() if k in FIELDS and k != "cpu_moe_layers"}
 
 
 def _text(v: Any) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, records
+from sweeper import export, fingerprint, records
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
@@ -75,19 +75,19 @@ class Installs:
                 f"{workload}: {preset.recommendation.claim()}; only a recommendation confirmed "
                 f"side by side is installed (run `sweeper confirm {path.name}`)"
             )
+        trial = preset.recommendation.point.trial
+        measured = next(r for r in records.load(study) if r.number == trial)
+        confirmed = [
+            c
+            for c in records.confirmations(study)
+            if c.workload == workload and c.chosen == trial and c.engine
+        ]
         with self._lock:
+            rows = self._read()  # before LM Studio's file is touched: an install is recorded
             try:
                 target, backup = export.install_lmstudio(preset)
             except OSError as exc:  # a full disk, a folder where a file should be, ...
                 raise InstallRefused(f"cannot install into LM Studio: {exc}") from None
-            rows = self._read()
-            trial = preset.recommendation.point.trial
-            measured = next(r for r in records.load(study) if r.number == trial)
-            confirmed = [
-                c
-                for c in records.confirmations(study)
-                if c.workload == workload and c.chosen == trial and c.engine
-            ]
             row = {
                 "n": str(len(rows) + 1),
                 "study": path.name,
@@ -98,6 +98,7 @@ class Installs:
                 "at": time.time(),
                 "undone": False,
                 "settings": preset.settings.to_dict(),
+                "backend": config.backend,
                 "trial": trial,
                 # what the gain was last confirmed on, else what the trial was measured on
                 "engine": confirmed[-1].engine
@@ -108,12 +109,17 @@ class Installs:
             write_atomic(self.path, json.dumps([*rows, row], indent=1), force=True)
         return row
 
-    def active(self, study_file: str) -> list[dict[str, Any]]:
-        """The installs of a study still in place: per file written, the latest not undone."""
+    def active(self) -> dict[str, list[dict[str, Any]]]:
+        """The installs still in place by study file: per file written, the latest not
+        undone."""
         latest: dict[str, dict[str, Any]] = {}
-        for r in self.for_study(study_file):
+        for r in self._read():
             latest[r["target"]] = r
-        return [r for r in latest.values() if not r["undone"]]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in latest.values():
+            if not r["undone"]:
+                out.setdefault(r["study"], []).append(r)
+        return out
 
     def engine_now(self, backend: str, host: str | None) -> str | None:
         """The engine's version as it is now (LM Studio asked at most every few minutes)."""
@@ -157,6 +163,7 @@ def changes(
     without a word)."""
     out = []
     then = row.get("engine")
+    backend = row.get("backend", "lmstudio")
     settings = {r.number: r.settings for r in recs}
     again = [
         c
@@ -169,7 +176,11 @@ def changes(
     ]
     if again:  # re-confirmed since the install: the engine it was re-confirmed on counts
         then = again[-1].engine
-    if engine_now and then and engine_now != then:
+    if (
+        fingerprint.engine_known(backend, engine_now)
+        and fingerprint.engine_known(backend, then)
+        and engine_now != then
+    ):
         out.append(f"LM Studio changed since the preset was measured: {then} -> {engine_now}")
     layers = row.get("gpu_layers")
     later = [

@@ -55,6 +55,12 @@ def studies_page(
     its presets installed in LM Studio, flagged when an engine update may have changed them;
     the sweeps of this rig's queue, and other rigs' sweeps of the studies they share."""
     rows, elsewhere = [], []
+    try:
+        active, installs_error = installed.active(), None
+    except SweeperError as exc:  # said on the page; the queue and the studies still show
+        active, installs_error = {}, str(exc)
+    # asking LM Studio its version while a sweep measures would disturb it: not then
+    measuring = lock.holder() is not None
     for path in study_files(studies):
         row: dict[str, Any] = {"file": path.name}
         try:
@@ -88,8 +94,8 @@ def studies_page(
         if study is not None and shared.is_shared(config.storage):
             elsewhere += [{**s, "file": path.name} for s in shared.elsewhere(study, machine)]
         row["installs"] = []
-        for install in installed.active(path.name):
-            engine = installed.engine_now(config.backend, config.host)
+        for install in active.get(path.name, []):
+            engine = None if measuring else installed.engine_now(config.backend, config.host)
             confirmations = records.confirmations(study) if study is not None else []
             flags = installs.changes(install, engine, recs, confirmations)
             row["installs"].append(
@@ -101,6 +107,7 @@ def studies_page(
         "sweeps": [s.to_dict() for s in queue.snapshot()],
         "machine": machine,
         "elsewhere": elsewhere,
+        "installs_error": installs_error,
     }
 
 

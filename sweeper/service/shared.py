@@ -1,8 +1,10 @@
 """Rigs that share a study on a database server (PostgreSQL): each rig runs its own service and
 queue, and announces its sweeps of that study in the study itself (one user attribute per
-machine). Every rig's studies page shows all of them, labelled by machine. Other rigs' sweeps
-are read when a page is built and looked at every ``POLL_S`` seconds for a change (which is
-pushed to the open pages); nothing polls faster, so a rig that measures is not disturbed."""
+machine, written when it changed). Every rig's studies page shows all of them, labelled by
+machine. Other rigs' sweeps are read when a page is built and looked at every ``POLL_S``
+seconds (a change is pushed to the open pages); nothing polls faster, so a rig that measures
+is not disturbed. Two rigs need distinct names (``sweeper serve --machine``) when their host
+names are the same."""
 
 from __future__ import annotations
 
@@ -88,13 +90,14 @@ class Rigs:
 
     def _loop(self) -> None:
         while not self._closing:
-            announce = self._due.wait(POLL_S)
+            self._due.wait(POLL_S)
             self._due.clear()
             if self._closing:
                 return
             try:
-                if announce:
-                    _announce(self.queue.snapshot(), self.machine)
+                # every time, not only on a change: a study created since (its first sweep's
+                # start), or a database that was away, gets this rig's sweeps then
+                _announce(self.queue.snapshot(), self.machine)
                 self._look()
             except Exception:  # a database that went away: said, and tried again later
                 log.exception("sharing sweeps with other rigs")

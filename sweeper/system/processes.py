@@ -77,6 +77,8 @@ def process_alive(pid: int, since: datetime.datetime | None = None) -> bool:
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
         return since is None or process.create_time() <= since.timestamp() + 1.0
+    except psutil.AccessDenied:  # another user's process: there, whatever it is
+        return True
     except psutil.Error:
         return False
 

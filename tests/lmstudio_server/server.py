@@ -128,7 +128,7 @@ class LMStudioTestServer:
         drop_after_tokens: int | None = None,
         reasoning_tokens: int = 0,
         default_load: dict[str, Any] | None = None,
-        app_version: str = "0.4.21",
+        app_version: str | None = "0.4.21",
     ) -> None:
         self.models = {m.key: m for m in models}
         #: load fields applied under whatever a client sends, as LM Studio applies the model's
@@ -229,7 +229,7 @@ class LMStudioTestServer:
             ("system", "listDownloadedModels"): lambda p: [
                 self._info(m) for m in self.models.values()
             ],
-            ("system", "version"): lambda p: {"version": self.app_version, "build": 1},
+            ("system", "version"): self._version,
             ("llm", "listLoaded"): lambda p: [
                 self._instance_info(i) for i in self.instances.values()
             ],
@@ -252,6 +252,11 @@ class LMStudioTestServer:
         if result is not None:
             reply["result"] = result
         await ws.send(json.dumps(reply))
+
+    def _version(self, param: Any) -> dict[str, Any]:
+        if self.app_version is None:  # an LM Studio without the call
+            raise LMSError("Unknown endpoint system/version", "not in this LM Studio")
+        return {"version": self.app_version, "build": 1}
 
     def _find(self, param: dict[str, Any]) -> Instance:
         spec = param["specifier"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from sweeper import compare, guards, records, stats
+from sweeper import compare, guards, records, stats, studyrecord
 from sweeper.config import StudyConfig
 from sweeper.fronts import Point
 from sweeper.measurement import CandidateResult, Confirmation
@@ -243,7 +243,7 @@ def confirm_study(
     recs = records.load(study)
     views = per_workload(recs, config, only)
     if not again:
-        settled = per_workload(recs, config, only, records.confirmations(study))
+        settled = per_workload(recs, config, only, studyrecord.confirmations(study))
         views = {
             w: v
             for w, v in views.items()
@@ -253,11 +253,11 @@ def confirm_study(
     if the_plan is None:
         return []
     done = run(config, the_plan, runner, on_round, machine, engine)
-    records.add_confirmations(study, done)
+    studyrecord.add_confirmations(study, done)
     return done
 
 
 def pending(study: optuna.Study, config: StudyConfig) -> bool:
     """Does a workload have a candidate that beat the baseline and awaits confirmation?"""
-    views = per_workload(records.load(study), config, None, records.confirmations(study))
+    views = per_workload(records.load(study), config, None, studyrecord.confirmations(study))
     return any(v.recommendation and v.recommendation.status == UNCONFIRMED for v in views.values())

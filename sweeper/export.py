@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import yaml
 
-from sweeper import records, report_html, system
+from sweeper import records, report_html, studyrecord, system
 from sweeper.backends import llamaserver
 from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.config import StudyConfig
@@ -233,7 +233,7 @@ def _keys(doc: dict[str, Any]) -> set[str]:
 def preset_for(study: optuna.Study, config: StudyConfig, workload: str) -> Preset:
     """The recommended settings of ``workload``, ready to render."""
     recs = records.load(study)
-    rec = per_workload(recs, config, workload, records.confirmations(study))[
+    rec = per_workload(recs, config, workload, studyrecord.confirmations(study))[
         workload
     ].recommendation
     if rec is None:

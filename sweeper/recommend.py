@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from sweeper import records, stats
+from sweeper import records, stats, studyrecord
 from sweeper.config import Rule, StudyConfig
 from sweeper.fronts import Point, pareto_front, points
 from sweeper.measurement import CandidateResult, Confirmation
@@ -278,4 +278,4 @@ def for_study(
     study: optuna.Study, config: StudyConfig, only: str | None = None
 ) -> dict[str, WorkloadFront]:
     """``per_workload`` over the study's trials and confirmations, as stored."""
-    return per_workload(records.load(study), config, only, records.confirmations(study))
+    return per_workload(records.load(study), config, only, studyrecord.confirmations(study))

@@ -19,7 +19,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import FailureReason
 from sweeper.measurement import (
-    Confirmation,
     Estimate,
     Run,
     RunsOfAWorkload,
@@ -410,43 +409,3 @@ def flagged(trial: optuna.Trial, reason: FailureReason, detail: str) -> None:
 
 def drift(trial: optuna.Trial, moved: dict[str, list[float]]) -> None:
     trial.set_user_attr("drift", moved)
-
-
-# ---- the study's own attributes -------------------------------------------------------------
-
-
-def study_config(study: optuna.Study) -> dict[str, Any] | None:
-    config: dict[str, Any] | None = study.user_attrs.get("config")
-    return config
-
-
-def set_study_config(study: optuna.Study, config: dict[str, Any], version: str) -> None:
-    study.set_user_attr("config", config)
-    study.set_user_attr("sweeper_version", version)
-
-
-def study_machine(study: optuna.Study) -> dict[str, Any] | None:
-    machine: dict[str, Any] | None = study.user_attrs.get("machine")
-    return machine
-
-
-def set_study_machine(study: optuna.Study, machine: dict[str, Any]) -> None:
-    study.set_user_attr("machine", machine)
-
-
-def drift_events(study: optuna.Study) -> list[dict[str, Any]]:
-    return list(study.user_attrs.get("drift_events", []))
-
-
-def add_drift_event(study: optuna.Study, event: dict[str, Any]) -> None:
-    study.set_user_attr("drift_events", [*drift_events(study), event])
-
-
-def confirmations(study: optuna.Study) -> list[Confirmation]:
-    """Every confirmation of the study, oldest first."""
-    return [Confirmation.from_dict(d) for d in study.user_attrs.get("confirmations", [])]
-
-
-def add_confirmations(study: optuna.Study, new: Sequence[Confirmation]) -> None:
-    stored = list(study.user_attrs.get("confirmations", []))
-    study.set_user_attr("confirmations", [*stored, *(c.to_dict() for c in new)])

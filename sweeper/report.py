@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import records
+from sweeper import records, studyrecord
 from sweeper.config import StudyConfig
 from sweeper.fronts import Point
 from sweeper.recommend import Recommendation, per_workload
@@ -58,7 +58,7 @@ class ReportData:
 def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
     recs = records.load(study)
     views = []
-    for w, wf in per_workload(recs, config, None, records.confirmations(study)).items():
+    for w, wf in per_workload(recs, config, None, studyrecord.confirmations(study)).items():
         pts = wf.points
         infeasible = []
         for r in recs:
@@ -103,7 +103,13 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
             key = r.state.name.lower()
         counts[key] = counts.get(key, 0) + 1
     return ReportData(
-        study.study_name, storage, views, mismatches, machines, counts, records.drift_events(study)
+        study.study_name,
+        storage,
+        views,
+        mismatches,
+        machines,
+        counts,
+        studyrecord.drift_events(study),
     )
 
 

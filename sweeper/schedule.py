@@ -70,6 +70,13 @@ def pinned_baseline(recs: Sequence[TrialRecord]) -> dict[str, Any]:
     return {name: first.settings[name] for name in first.resolved if name in first.settings}
 
 
+def earlier_baseline(recs: Sequence[TrialRecord], number: int) -> bool:
+    """Another worker's baseline (not failed) came before trial ``number``."""
+    return any(
+        r.number < number and r.tag == Tag.BASELINE and r.state != TrialState.FAIL for r in recs
+    )
+
+
 def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
     """Trials interrupted (Ctrl-C, SIGTERM) or killed and not yet run again (once)."""
     retried = {r.retry_of for r in recs}

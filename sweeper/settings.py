@@ -215,3 +215,11 @@ def invalid_combination(settings: LoadSettings) -> str | None:
             "(llama.cpp would silently clamp it to the eval batch)"
         )
     return None
+
+
+def same_value(requested: Any, applied: Any) -> bool:
+    """A setting as the engine reports it applied: the same, a ratio within 0.02 (LM Studio
+    rounds the GPU offload)."""
+    if isinstance(requested, float) and isinstance(applied, int | float):
+        return abs(requested - applied) < 0.02
+    return bool(requested == applied)

@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 
-from sweeper import __version__, fingerprint, records
+from sweeper import __version__, fingerprint, studyrecord
 from sweeper.errors import StorageError
 
 if TYPE_CHECKING:
@@ -112,9 +112,9 @@ def open_study(
             load_if_exists=True,
             directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] * len(config.workloads),
         )
-        if not records.study_config(study):
+        if not studyrecord.study_config(study):
             study.set_metric_names(names)
-            records.set_study_config(study, config.describe(), __version__)
+            studyrecord.set_study_config(study, config.describe(), __version__)
     else:
         try:
             study = optuna.load_study(study_name=config.name, storage=storage)
@@ -128,7 +128,7 @@ def open_study(
 
 
 def _check_same_study(study: optuna.Study, config: StudyConfig, names: list[str]) -> None:
-    stored = records.study_config(study)
+    stored = studyrecord.study_config(study)
     if stored is None:
         return
     current = config.describe()
@@ -144,9 +144,9 @@ def _check_same_study(study: optuna.Study, config: StudyConfig, names: list[str]
 def check_machine(study: optuna.Study, machine: dict[str, Any], allow_mixed: bool) -> None:
     """Refuse a worker whose hardware differs from the study's first, unless allowed:
     numbers from different machines are not comparable."""
-    first = records.study_machine(study)
+    first = studyrecord.study_machine(study)
     if first is None:
-        records.set_study_machine(study, machine)
+        studyrecord.set_study_machine(study, machine)
         return
     diff = fingerprint.differences(first, machine)
     if diff and not allow_mixed:

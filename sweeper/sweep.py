@@ -28,7 +28,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import fingerprint, guards, records, schedule, storage, system
+from sweeper import fingerprint, guards, records, schedule, storage, studyrecord, system
 from sweeper.backends import backend_class
 from sweeper.config import StudyConfig
 from sweeper.errors import FailureReason, TrialFailure
@@ -38,7 +38,7 @@ from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.records import FULL, SCREEN, StoredWorkload, Tag
 from sweeper.runner import ChildProcessRunner, Progress, Runner, TrialPlan, worker_spec
 from sweeper.screening import Reference, ScreenPlan
-from sweeper.settings import LoadSettings, invalid_combination
+from sweeper.settings import LoadSettings, invalid_combination, same_value
 
 log = logging.getLogger("sweeper")
 
@@ -197,7 +197,7 @@ class Sweep:
         checks = [r.number for r in recs if r.is_anchor and r.number < trial.number]
         since = max(checks) if checks else 0
         event = {"check_trial": trial.number, "since_trial": since, "tok_s_change_pct": moved}
-        records.add_drift_event(trial.study, event)
+        studyrecord.add_drift_event(trial.study, event)
         log.warning(
             "drift: the baseline re-run (trial %d) moved %s; trials %d-%d may be affected",
             trial.number,
@@ -228,13 +228,14 @@ class Sweep:
         cfg = self.config
         tag = records.tag_of(trial)
         is_anchor = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
-        if tag == Tag.BASELINE and _earlier_baseline(trial):
+        recs = records.load(trial.study)
+        if tag == Tag.BASELINE and schedule.earlier_baseline(recs, trial.number):
             # Two workers starting together may both enqueue the baseline: the second run
             # of it is kept as a repeat measurement, under its own tag.
             records.set_tag(trial, Tag.BASELINE_REPEAT)
         settings = cfg.space.suggest(trial, cfg.baseline if is_anchor else None)
         if is_anchor:  # what the first baseline left to the engine is sent explicitly now
-            settings = settings.replace(**schedule.pinned_baseline(records.load(trial.study)))
+            settings = settings.replace(**schedule.pinned_baseline(recs))
         records.start(trial, settings, f"{socket.gethostname()}:{os.getpid()}", self.machine)
         log.info("trial %d start: %s", trial.number, json.dumps(settings.to_dict()))
         start = time.perf_counter()
@@ -245,7 +246,6 @@ class Sweep:
         full = not screening or tag is not None  # the baseline, its re-runs, the finalists
         fidelity = FULL if full else SCREEN
         if tag is None and records.retry_of(trial) is None:
-            recs = records.load(trial.study)
             source = schedule.measured_before(recs, trial.number, settings, fidelity)
             if source is not None and source.values is not None:
                 log.info("trial %d: measured as trial %d already", trial.number, source.number)
@@ -294,7 +294,7 @@ class Sweep:
         mismatch = {
             k: [v, outcome.applied.get(k)]
             for k, v in settings.to_dict().items()
-            if k in outcome.applied and not _same(v, outcome.applied[k])
+            if k in outcome.applied and not same_value(v, outcome.applied[k])
         }
         records.measured(
             trial,
@@ -415,16 +415,3 @@ def _wait(result: WorkloadResult, ref: StoredWorkload | None) -> float:
     thinking = ref.reasoning_tokens if ref is not None else result.reasoning_tokens.median
     tok_s = result.tok_s.median
     return result.ttft_s.median + (thinking / tok_s if thinking and tok_s > 0 else 0.0)
-
-
-def _earlier_baseline(trial: optuna.Trial) -> bool:
-    return any(
-        r.number < trial.number and r.tag == Tag.BASELINE and r.state != TrialState.FAIL
-        for r in records.load(trial.study)
-    )
-
-
-def _same(requested: Any, applied: Any) -> bool:
-    if isinstance(requested, float) and isinstance(applied, int | float):
-        return abs(requested - applied) < 0.02
-    return bool(requested == applied)

@@ -33,7 +33,13 @@ def test_run_then_resume_on_the_real_model(write_study: WriteStudy) -> None:
     trials = study.get_trials()
     assert len(trials) == 5
     assert trials[0].user_attrs["tag"] == "baseline"
-    assert trials[0].user_attrs["settings"] == {"context_length": 1024, "cpu_threads": 2}
+    # the swept setting the baseline leaves out, as llama.cpp applied it: sent from now on
+    assert trials[0].user_attrs["settings"] == {
+        "context_length": 1024,
+        "cpu_threads": 2,
+        "flash_attention": False,
+    }
+    assert trials[0].user_attrs["resolved"] == ["flash_attention"]
     for t in trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         if t.user_attrs.get("failure_reason") or "duplicate_of" in t.user_attrs:

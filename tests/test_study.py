@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from conftest import WriteStudy, fake_runner, front_points
 from sweeper import config as studyfile
-from sweeper import fronts, records
+from sweeper import fronts, records, studyrecord
 from sweeper.backends.fake import FAKE_OOM_CONTEXT, FakeBackend, default_behaviour
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError
@@ -28,7 +28,7 @@ def make_sweep(
 
 
 def status(study: object, workloads: list[str]) -> dict:
-    return fronts.status(records.load(study), workloads, records.drift_events(study))
+    return fronts.status(records.load(study), workloads, studyrecord.drift_events(study))
 
 
 def reason(trial: object, workload: str | None = None) -> str | None:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sweeper import reasoning, system
+from sweeper import reasoning
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf, lmstudio_sdk
 from sweeper.errors import (
     BackendUnavailable,
     GenerationError,
     LoadError,
     StudyFileError,
-    SweeperError,
     TrialFailure,
 )
 from sweeper.measurement import Run
@@ -105,40 +102,6 @@ def find_host(host: str | None) -> str:
     if lms.Client.is_valid_api_host(DEFAULT_HOST):
         return DEFAULT_HOST
     raise _unreachable(None)
-
-
-def engine(host: str | None) -> str | None:
-    """What LM Studio runs models with, for the machine fingerprint: the app's version and,
-    for an LM Studio on this machine, the runtime packages installed in its home
-    (``extensions/backends``, one folder per runtime and version). An update of either can
-    change what is put on the GPU. None when the app does not say its version (unknown: not
-    compared)."""
-    lms = _sdk()
-    app = None
-    with (
-        contextlib.suppress(lms.LMStudioError, SweeperError, OSError),
-        lms.Client(where := find_host(host)) as client,
-    ):
-        app = lmstudio_sdk.app_version(client)
-    if not app:
-        return None
-    local = where.rsplit(":", 1)[0] in ("localhost", "127.0.0.1", "[::1]", "::1")
-    runtimes = installed_runtimes(system.lmstudio_home()) if local else []
-    return f"LM Studio {app}" + (f"; runtimes {', '.join(runtimes)}" if runtimes else "")
-
-
-#: a runtime package's folder: its name, then its version (``...-avx2-1.50.2``)
-RUNTIME = re.compile(r".+-\d+(\.\d+)+$")
-
-
-def installed_runtimes(home: Path) -> list[str]:
-    """The runtime packages (folder names such as ``llama.cpp-win-x86_64-nvidia-cuda12-avx2-
-    1.50.2``) under LM Studio's ``extensions/backends``."""
-    folder = home / "extensions" / "backends"
-    try:
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and RUNTIME.match(p.name))
-    except OSError:
-        return []
 
 
 def downloaded_models(host: str) -> dict[str, Any]:
@@ -265,6 +228,8 @@ class LMStudioBackend(BackendBase):
 
     @classmethod
     def engine_version(cls, options: dict[str, Any]) -> str | None:
+        from sweeper.backends.lmstudio_engine import engine  # it finds LM Studio through here
+
         return engine(options.get("host"))
 
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from sweeper import config as config_file
-from sweeper import export, fronts, records, terminal
+from sweeper import export, fronts, records, studyrecord, terminal
 from sweeper import report_html as report_mod
 from sweeper.cli.common import fail, json_option, study_command
 from sweeper.files import write_atomic
@@ -26,7 +26,7 @@ def status(study_file: str, storage: str | None, as_json: bool) -> None:
     study = open_study(config, storage)
     names = [w.name for w in config.workloads]
     summary: dict[str, Any] = {"study": study.study_name}
-    summary |= fronts.status(records.load(study), names, records.drift_events(study))
+    summary |= fronts.status(records.load(study), names, studyrecord.drift_events(study))
     views = for_study(study, config)
     summary["recommendations"] = {
         w: v.recommendation.to_dict() for w, v in views.items() if v.recommendation

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fingerprint, records
+from sweeper import export, fingerprint, records, studyrecord
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
@@ -79,7 +79,7 @@ class Installs:
         measured = next(r for r in records.load(study) if r.number == trial)
         confirmed = [
             c
-            for c in records.confirmations(study)
+            for c in studyrecord.confirmations(study)
             if c.workload == workload and c.chosen == trial and c.engine
         ]
         with self._lock:

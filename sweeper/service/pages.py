@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fronts, lock, plan, records, report, terminal
+from sweeper import export, fronts, lock, plan, records, report, studyrecord, terminal
 from sweeper.backends import backend_class
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
@@ -96,7 +96,7 @@ def studies_page(
         row["installs"] = []
         for install in active.get(path.name, []):
             engine = None if measuring else installed.engine_now(config.backend, config.host)
-            confirmations = records.confirmations(study) if study is not None else []
+            confirmations = studyrecord.confirmations(study) if study is not None else []
             flags = installs.changes(install, engine, recs, confirmations)
             row["installs"].append(
                 {k: install[k] for k in ("n", "workload", "when", "target")} | {"flags": flags}
@@ -163,7 +163,7 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
     if sweep.state == RUNNING and started and ran:
         # at this sweep's pace so far; stages differ in cost, so a guide, said as one
         data["eta_s"] = (time.time() - started) / ran * max(0, data["planned"] - done)
-    status = fronts.status(recs, names, records.drift_events(study))
+    status = fronts.status(recs, names, studyrecord.drift_events(study))
     data["drift"] = [terminal.drift_line(e) for e in status.get("drift_events", [])]
     for w in names:
         data["fronts"][w] = {

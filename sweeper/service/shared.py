@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sweeper import config as config_file
+from sweeper import studyrecord
 from sweeper.errors import SweeperError
 from sweeper.service.queue import Queue, Sweep
 from sweeper.storage import open_study
@@ -23,8 +24,6 @@ log = logging.getLogger("sweeper")
 
 #: How often other rigs' sweeps are looked at for a change.
 POLL_S = 60.0
-#: The study's user attribute that holds a machine's sweeps of it.
-PREFIX = "sweeps:"
 #: The most sweeps of one study a machine announces (the latest).
 KEEP = 10
 FIELDS = ("id", "state", "machine", "action", "trials", "timeout", "created", "started", "ended")
@@ -37,10 +36,9 @@ def is_shared(storage_url: str) -> bool:
 
 def elsewhere(study: Any, machine: str) -> list[dict[str, Any]]:
     """Other machines' sweeps of ``study``, as they announced them."""
-    out = []
-    for key, rows in study.user_attrs.items():
-        if key.startswith(PREFIX) and key[len(PREFIX) :] != machine and isinstance(rows, list):
-            out += [r for r in rows if isinstance(r, dict)]
+    out = [
+        r for name, rows in studyrecord.rig_sweeps(study).items() if name != machine for r in rows
+    ]
     return sorted(out, key=lambda r: r.get("created") or 0)
 
 
@@ -56,9 +54,9 @@ def _announce(sweeps: Iterable[Sweep], machine: str) -> None:
             study = open_study(config)  # not created yet: announced once it exists
         except SweeperError:
             continue
-        rows = [{k: s.to_dict()[k] for k in FIELDS} for s in mine[-KEEP:]]
-        if study.user_attrs.get(PREFIX + machine) != rows:
-            study.set_user_attr(PREFIX + machine, rows)
+        studyrecord.set_rig_sweeps(
+            study, machine, [{k: s.to_dict()[k] for k in FIELDS} for s in mine[-KEEP:]]
+        )
 
 
 class Rigs:

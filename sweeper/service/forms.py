@@ -40,27 +40,27 @@ class FormError(SweeperError):
 
 
 def positive_int(value: Any, what: str) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise FormError(f"{what}: {value!r} is not a whole number") from None
-    if n < 1:
+    n = _parsed(value, what, int, "a whole number")
+    if n is not None and n < 1:
         raise FormError(f"{what}: must be at least 1")
-    return n
+    return None if n is None else int(n)
 
 
 def positive_float(value: Any, what: str) -> float | None:
+    x = _parsed(value, what, float, "a number")
+    if x is not None and not 0 < x < float("inf"):
+        raise FormError(f"{what}: must be more than 0")
+    return x
+
+
+def _parsed(value: Any, what: str, kind: type[int] | type[float], name: str) -> float | None:
+    """An empty field is None; anything else must read as ``kind``."""
     if value in (None, ""):
         return None
     try:
-        x = float(str(value).strip())
+        return kind(str(value).strip())
     except ValueError:
-        raise FormError(f"{what}: {value!r} is not a number") from None
-    if not x > 0 or x == float("inf"):
-        raise FormError(f"{what}: must be more than 0")
-    return x
+        raise FormError(f"{what}: {value!r} is not {name}") from None
 
 
 def _value(text: str, what: str) -> Any:

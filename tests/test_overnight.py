@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -120,7 +121,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
             continue
         try:
             study = optuna.load_study(study_name="real", storage=storage)
-        except KeyError:
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the run is still creating it
             continue
         states = [t.state for t in study.trials]
         started = [

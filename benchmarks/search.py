@@ -13,6 +13,14 @@
    hypervolume after 25 trials (each workload's tok/s-TTFT front, normalized by the table's
    range, averaged over workloads).
 
+The table is one screening per configuration, so its "best" is partly luck. Its noise is
+measured in it: ``mmap`` changes how the weights are read, not how fast tokens decode, so the
+configurations that differ only in ``mmap`` are pairs of replicates; the median relative
+difference of their expected completion times is the table's noise. Reported beside the 2%
+target: how many configurations are within 2% and within that noise of the best, and the same
+reach counts for "within the noise of the best" (a sampler cannot be asked to find a
+configuration more precisely than one screening can tell them apart).
+
 Writes benchmarks/results/search.json. `python benchmarks/search.py --replay` reuses the table.
 """
 
@@ -154,6 +162,39 @@ def replay(
     return measured, duplicates
 
 
+def noise(rows: dict[str, Any], workloads: list[str]) -> dict[str, float]:
+    """Median relative difference of expected completion time between configurations that
+    differ only in mmap (replicates: mmap does not change decode speed)."""
+    pairs: dict[str, dict[bool, Any]] = {}
+    for k, row in rows.items():
+        settings = json.loads(k)
+        if "mmap" in settings:
+            mmap = settings.pop("mmap")
+            pairs.setdefault(key(settings), {})[mmap] = row
+    out = {}
+    for w in workloads:
+        diffs = [
+            abs(p[True][w]["completion_s"] / p[False][w]["completion_s"] - 1)
+            for p in pairs.values()
+            if len(p) == 2
+        ]
+        out[w] = statistics.median(diffs) if diffs else 0.0
+    return out
+
+
+def reach(
+    measured: list[dict[str, Any]], best: dict[str, float], within: dict[str, float]
+) -> int | None:
+    """Measured trials until every workload has one within ``within`` of the table's best."""
+    for i in range(len(measured)):
+        if all(
+            min(r[w]["completion_s"] for r in measured[: i + 1]) <= best[w] * (1 + within[w])
+            for w in best
+        ):
+            return i + 1
+    return None
+
+
 def hypervolume(
     points: list[tuple[float, float]], lo: float, hi: float, t_lo: float, t_hi: float
 ) -> float:
@@ -189,21 +230,16 @@ def main() -> None:
         )
         for w in workloads
     }
+    table_noise = noise(rows, workloads)
+    two_pct = dict.fromkeys(workloads, WITHIN)
     results = {}
     for name, make in SAMPLERS.items():
-        needed, volumes, dupes = [], [], []
+        needed, needed_noise, volumes, dupes = [], [], [], []
         for seed in range(SEEDS):
             measured, duplicates = replay(config, table, make, seed)
             dupes.append(duplicates)
-            reach = None
-            for i in range(len(measured)):
-                if all(
-                    min(r[w]["completion_s"] for r in measured[: i + 1]) <= best[w] * (1 + WITHIN)
-                    for w in workloads
-                ):
-                    reach = i + 1
-                    break
-            needed.append(reach)
+            needed.append(reach(measured, best, two_pct))
+            needed_noise.append(reach(measured, best, table_noise))
             volumes.append(
                 statistics.mean(
                     hypervolume(
@@ -213,10 +249,15 @@ def main() -> None:
                 )
             )
         reached = [n for n in needed if n is not None]
+        reached_noise = [n for n in needed_noise if n is not None]
         results[name] = {
             "seeds": SEEDS,
             "within_2pct_by_25_trials": len(reached) / SEEDS,
             "median_trials_to_within_2pct": statistics.median(reached) if reached else None,
+            "within_noise_by_25_trials": len(reached_noise) / SEEDS,
+            "median_trials_to_within_noise": (
+                statistics.median(reached_noise) if reached_noise else None
+            ),
             "median_hypervolume_25": statistics.median(volumes),
             "mean_duplicate_proposals": statistics.mean(dupes),
         }
@@ -231,6 +272,18 @@ def main() -> None:
         },
         "trials": TRIALS,
         "within": WITHIN,
+        "table_noise": table_noise,
+        "near_best": {
+            w: {
+                "within_2pct": sum(
+                    r[w]["completion_s"] <= best[w] * (1 + WITHIN) for r in rows.values()
+                ),
+                "within_noise": sum(
+                    r[w]["completion_s"] <= best[w] * (1 + table_noise[w]) for r in rows.values()
+                ),
+            }
+            for w in workloads
+        },
         "samplers": results,
         "not_run": [] if "gp" in SAMPLERS else ["gp: Optuna's GPSampler needs torch"],
     }

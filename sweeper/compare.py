@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.errors import StudyFileError
-from sweeper.measurement import TrialOutcome
+from sweeper.measurement import TrialOutcome, gpu_layers
 from sweeper.records import TrialRecord
 from sweeper.settings import LoadSettings, invalid_combination
 from sweeper.stats import LEVEL, Interval, bootstrap_ci, paired_difference, verdict
@@ -92,6 +92,8 @@ class ConfigResult:
     #: workload -> every stop reason seen; workload -> did each round's runs all hit the cap
     stop_reasons: dict[str, set[str]] = field(default_factory=dict)
     hit_cap: dict[str, list[bool]] = field(default_factory=dict)
+    #: the layers the engine said it put on the GPU, load by load (where it says so)
+    gpu_layers: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ def run_rounds(
             if on_round:
                 on_round(r, config.label)
             outcome = runner(config.settings)
+            layers = gpu_layers(r for wr in outcome.workloads.values() for r in wr.runs)
+            if layers is not None:
+                result.gpu_layers.append(layers)
             for w in workloads:
                 wr = outcome.workloads[w]
                 values = {

@@ -201,6 +201,7 @@ def decide(
                 ttft_pct=_pct(_paired(base, r, workload, "ttft_s", level)),
                 output_ratio=round(ratio, 4),
                 stop_reasons=sorted(r.stop_reasons[workload]),
+                gpu_layers=r.gpu_layers[-1] if r.gpu_layers else None,
             )
         )
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,17 @@ class Run:
     def from_dict(d: dict[str, Any]) -> Run:
         names = {f.name for f in dataclasses.fields(Run)}
         return Run(**{k: v for k, v in d.items() if k in names})
+
+
+def gpu_layers(runs: Iterable[Run]) -> float | None:
+    """The layers the engine said it put on the GPU for a load (LM Studio's
+    ``num_gpu_layers``), from the first of its runs that says so: an engine update can change
+    it for the same settings."""
+    for run in runs:
+        value = run.backend_stats.get("num_gpu_layers")
+        if value is not None:
+            return float(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -256,6 +267,13 @@ class CandidateResult:
     #: the candidate's median output / the baseline's, over the rounds
     output_ratio: float
     stop_reasons: list[str]
+    #: the layers the engine put on the GPU in the candidate's last load (where it says so)
+    gpu_layers: float | None = None
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> CandidateResult:
+        known = {f.name for f in dataclasses.fields(CandidateResult)}
+        return CandidateResult(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -289,5 +307,5 @@ class Confirmation:
         # a field another sweeper version wrote (rigs sharing a study) is left out, not fatal
         known = {f.name for f in dataclasses.fields(Confirmation)}
         fields = {k: v for k, v in d.items() if k in known}
-        fields["candidates"] = [CandidateResult(**c) for c in d["candidates"]]
+        fields["candidates"] = [CandidateResult.from_dict(c) for c in d["candidates"]]
         return Confirmation(**fields)

@@ -25,6 +25,7 @@ from sweeper.measurement import (
     Screen,
     Spread,
     WorkloadResult,
+    gpu_layers,
 )
 from sweeper.settings import LoadSettings
 
@@ -155,12 +156,7 @@ class TrialRecord:
     def gpu_layers(self) -> float | None:
         """The layers the engine said it put on the GPU (LM Studio's ``num_gpu_layers``), when
         it said so: an engine update can change it for the same settings."""
-        for w in self.workloads.values():
-            for run in w.runs:
-                value = run.backend_stats.get("num_gpu_layers")
-                if value is not None:
-                    return float(value)
-        return None
+        return gpu_layers(r for w in self.workloads.values() for r in w.runs)
 
     @property
     def model_layers(self) -> int | None:

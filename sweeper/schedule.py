@@ -142,8 +142,9 @@ def drift(base: TrialRecord, outcome: TrialOutcome) -> dict[str, list[float]]:
 
 def finalists(config: StudyConfig, recs: Sequence[TrialRecord]) -> list[TrialRecord]:
     """The screened trials to measure in full: per workload, on the screening front and within
-    ``promote_margin`` of the best expected completion time, at most ``promote`` (settings
-    already measured or queued in full count among them and are not queued again)."""
+    ``promote_margin`` of the best expected completion time (or within the screening's own
+    noise, where the baseline's screenings measured a wider one), at most ``promote``
+    (settings already measured or queued in full count among them and are not queued again)."""
     m = config.measure
     by_number = {r.number: r for r in recs}
     taken = [r.settings for r in recs if r.fidelity == FULL and r.settings]
@@ -154,8 +155,9 @@ def finalists(config: StudyConfig, recs: Sequence[TrialRecord]) -> list[TrialRec
         if not front:
             continue
         best = min(_completion(p) for p in front)
+        margin = max(m.promote_margin, screening_noise(recs, w.name))
         close = sorted(
-            (p for p in front if _completion(p) <= best * (1 + m.promote_margin)),
+            (p for p in front if _completion(p) <= best * (1 + margin)),
             key=_completion,
         )
         for p in close[: m.promote]:
@@ -163,6 +165,20 @@ def finalists(config: StudyConfig, recs: Sequence[TrialRecord]) -> list[TrialRec
                 out.append(by_number[p.trial])
                 taken.append(p.settings)
     return out
+
+
+def screening_noise(recs: Sequence[TrialRecord], workload: str) -> float:
+    """How far apart one configuration's screenings are: the relative spread of the expected
+    completion times of the baseline's own screenings (the first and its re-runs), 0 with
+    fewer than two. On a 2-core machine two screenings of one configuration differ by several
+    per cent (benchmarks/search.py measures it): closer than that, a screening cannot rank."""
+    times = [
+        r.estimates[workload].completion_s
+        for r in recs
+        if r.is_anchor and r.state == TrialState.COMPLETE and workload in r.estimates
+    ]
+    times = [t for t in times if t > 0]
+    return max(times) / min(times) - 1 if len(times) >= 2 else 0.0
 
 
 def measured_before(

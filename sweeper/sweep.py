@@ -255,9 +255,9 @@ class Sweep:
         the_plan = TrialPlan(
             full=full,
             adaptive=self._adaptive(trial.study) if full else None,
-            screen=self._screen_plan(trial.study)
-            if screening and tag not in (Tag.BASELINE_CHECK, Tag.FULL)
-            else None,
+            # the baseline's re-runs are screened too: how far apart two screenings of one
+            # configuration are sets how close to the best a finalist must be
+            screen=self._screen_plan(trial.study) if screening and tag != Tag.FULL else None,
         )
         try:
             outcome = self.runner(settings, self.progress, the_plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -93,6 +94,27 @@ def measured(tok_s: dict[str, list[float]]) -> list[compare.ConfigResult]:
         return outcome(queues[settings].pop(0))
 
     return compare.run_rounds(configs, ["w"], len(next(iter(tok_s.values()))), runner)
+
+
+def test_each_load_keeps_the_gpu_layers_the_engine_reported() -> None:
+    """A re-confirmation loads the installed settings again: what LM Studio put on the GPU in
+    each of those loads is kept, so an engine update that changes it is seen there too."""
+    layers = iter([65, 54])
+
+    def runner(settings: LoadSettings) -> TrialOutcome:
+        out = outcome(40.0)
+        (run,) = out.workloads["w"].runs
+        stats = {"num_gpu_layers": next(layers)} if settings.cpu_threads == 1 else {}
+        run = dataclasses.replace(run, backend_stats=stats)
+        return dataclasses.replace(out, workloads={"w": WorkloadResult("w", 10, (run,))})
+
+    configs = [
+        compare.Config("A", LoadSettings(cpu_threads=1)),
+        compare.Config("B", LoadSettings(cpu_threads=2)),
+    ]
+    a, b = compare.run_rounds(configs, ["w"], 2, runner)
+    assert a.gpu_layers == [65.0, 54.0]
+    assert b.gpu_layers == []  # an engine that does not say: nothing
 
 
 def test_the_order_rotates_so_running_first_favours_no_configuration() -> None:

@@ -54,6 +54,23 @@ def test_a_clear_gain_is_confirmed_early_with_its_sign(write_study: WriteStudy) 
         assert "confirmed side by side in 3 interleaved rounds" in rec.claim()
 
 
+def test_a_confirmation_keeps_the_gpu_layers_of_each_candidate(write_study: WriteStudy) -> None:
+    """What the engine put on the GPU in the candidate's loads is stored with it (the studies
+    page compares it with what an installed preset was measured with)."""
+    path = write_study()
+    run_fake(path, trials=4)
+
+    def says_layers(settings: LoadSettings, workload: Workload) -> Run:
+        run = threads_matter(settings, workload)
+        return dataclasses.replace(run, backend_stats={"num_gpu_layers": settings.cpu_threads})
+
+    recs = confirmed(path, says_layers)
+    for rec in recs.values():
+        assert rec.confirmation is not None
+        (cand,) = [c for c in rec.confirmation.candidates if c.trial == rec.point.trial]
+        assert cand.gpu_layers == rec.point.settings["cpu_threads"]
+
+
 def test_an_apparent_gain_that_was_the_machine_is_not_claimed(write_study: WriteStudy) -> None:
     """The baseline trial ran on a busy machine (half speed): every later trial looks faster.
     Side by side, nothing is: keep your settings, and nothing to export."""

@@ -25,6 +25,7 @@ from conftest import FAKE_STUDY, run_fake
 from sweeper import lock, records
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
+from sweeper.measurement import CandidateResult, Confirmation
 from sweeper.service import events, installs, shared
 from sweeper.service.app import create_app
 from sweeper.service.events import Hub
@@ -524,6 +525,22 @@ def test_a_later_load_with_other_gpu_layers_flags_the_installed_preset() -> None
     ]
     same = dataclasses.replace(later, number=8)
     assert installs.changes({**row, "gpu_layers": 40.0}, None, [*recs, same]) == []
+
+    # a re-confirmation loads the installed settings too: the newest load says
+    def reconfirmed(when: str, layers: float) -> Confirmation:
+        cand = CandidateResult(
+            7, {"gpu_offload": 1.0}, "faster", [-5.0, -6.0, -4.0], 0.95, [], [], 1.0, [], layers
+        )
+        return Confirmation("short", when, 4, 0.95, {}, 10.0, [cand], 7)
+
+    assert installs.changes(row, None, recs, [reconfirmed("2026-12-05T08:00:00", 54.0)]) == [
+        "the re-confirmation of 2026-12-05T08:00:00 put 54 layers on the GPU with the installed "
+        "settings; the preset was measured with 65"
+    ]
+    newer = [reconfirmed("2026-12-05T08:00:00", 65.0)]  # after trial 7: it is the newest
+    assert installs.changes(row, None, [*recs, later], newer) == []
+    older = [reconfirmed("2026-12-01T08:00:00", 54.0)]  # before the install: not a change
+    assert installs.changes(row, None, recs, older) == []
 
 
 def stored_workload(gpu_layers: float) -> dict[str, Any]:

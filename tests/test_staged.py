@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import FAKE_STUDY, WriteStudy, fake_runner, front_points
 from sweeper import config as studyfile
-from sweeper import plan, records, screening
+from sweeper import plan, records, schedule, screening
 from sweeper.backends.fake import FakeBackend, default_behaviour
 from sweeper.cli import cli
 from sweeper.measurement import Probe, Run
@@ -64,6 +64,34 @@ def test_screened_trials_then_finalists_in_full(write_study: WriteStudy) -> None
     for w in ("short", "long"):
         best = min(front_points(study, w) and screening_points(study, w), key=completion)
         assert best.settings in [r.settings for r in finals] + [recs[0].settings]
+
+
+def test_finalists_come_from_within_the_screenings_own_noise(write_study: WriteStudy) -> None:
+    """Where two screenings of the baseline lie 40% apart, configurations within 40% of the
+    best estimate are finalists too: the screening cannot rank them (up to ``promote``)."""
+    path = write_study(STAGED.replace("promote = 1", "promote = 5"))
+    _, study = staged_sweep(path, trials=8, behaviour=slower_with_depth)
+    config = studyfile.load(path)
+    recs = [r for r in records.load(study) if r.tag != "full"]  # before the promotion
+    quiet = schedule.finalists(config, recs)
+    base = recs[0]
+    assert base.is_baseline and schedule.screening_noise(recs, "short") == 0.0  # one screening
+    slower = {
+        w: dataclasses.replace(e, completion_s=e.completion_s * 1.4)
+        for w, e in base.estimates.items()
+    }
+    check = dataclasses.replace(base, number=99, tag=records.Tag.BASELINE_CHECK, estimates=slower)
+    assert schedule.screening_noise([*recs, check], "short") == pytest.approx(0.4)
+    noisy = schedule.finalists(config, [*recs, check])
+    assert len(noisy) > len(quiet)
+    assert {r.number for r in quiet} <= {r.number for r in noisy}
+
+
+def test_the_baselines_rerun_is_screened_too(write_study: WriteStudy) -> None:
+    path = write_study(STAGED.replace("screening = true", "screening = true\ndrift_check = 3"))
+    _, study = staged_sweep(path, trials=6, behaviour=slower_with_depth)
+    checks = [r for r in records.load(study) if r.tag == records.Tag.BASELINE_CHECK]
+    assert checks and all(r.workloads and set(r.estimates) == {"short", "long"} for r in checks)
 
 
 def screening_points(study: object, workload: str) -> list:

@@ -183,20 +183,30 @@ def changes(
     ):
         out.append(f"LM Studio changed since the preset was measured: {then} -> {engine_now}")
     layers = row.get("gpu_layers")
+    # every load of the installed settings since the install that said its GPU layers: a
+    # later sweep's trial, or a re-confirmation's candidate
     later = [
-        r
+        (r.datetime_complete.timestamp(), r.gpu_layers, f"trial {r.number}")
         for r in recs
         if r.settings == row.get("settings")
         and r.gpu_layers is not None
         and r.datetime_complete is not None
         and r.datetime_complete.timestamp() > row.get("at", 0)
     ]
+    for c in confirmations:
+        cand = next((x for x in c.candidates if x.settings == row.get("settings")), None)
+        if (
+            cand is not None
+            and cand.gpu_layers is not None
+            and _timestamp(c.when) > row.get("at", 0)
+        ):
+            later.append((_timestamp(c.when), cand.gpu_layers, f"the re-confirmation of {c.when}"))
     if layers is not None and later:
-        newest = max(later, key=lambda r: r.datetime_complete or 0)
-        if newest.gpu_layers != layers:
+        _, newest, what = max(later, key=lambda x: x[0])
+        if newest != layers:
             out.append(
-                f"trial {newest.number} put {newest.gpu_layers:g} layers on the GPU with the "
-                f"installed settings; the preset was measured with {layers:g}"
+                f"{what} put {newest:g} layers on the GPU with the installed settings; the "
+                f"preset was measured with {layers:g}"
             )
     return out
 

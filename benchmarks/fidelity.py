@@ -5,7 +5,8 @@ batch sizes, and 2 with one CPU thread instead of two (a difference the machine'
 hide: it shows whether the screening ranks at all where the other knobs change little), on a long
 workload of 2,000 output tokens (the depths where configurations cross), the baseline first and
 the rest in a shuffled order (fixed seed: a machine's drift over the run does not line up with
-the list):
+the list), and the baseline once more at the end (a replicate loaded anew: how far two
+measurements of one configuration lie apart, for each measure):
 - the full measurement, as a study measures a finalist: a load, a short warm-up, 3 runs of the
   whole workload; its mean decode tok/s and completion time (medians of the runs);
 - the screening, as a study screens a configuration: a load, the prompt, decode speed at 5
@@ -64,10 +65,11 @@ CONFIGS = [
 
 
 def order(configs: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The baseline first (its output is the probes' text), the rest shuffled (seed 1)."""
+    """The baseline first (its output is the probes' text), the rest shuffled (seed 1), and
+    the baseline again at the end: a replicate, loaded anew, for the noise of both measures."""
     rest = configs[1:]
     random.Random(1).shuffle(rest)
-    return [configs[0], *rest]
+    return [configs[0], *rest, configs[0]]
 
 
 def rank(rows: list[dict[str, Any]], x: str, y: str) -> float:
@@ -116,11 +118,18 @@ def main() -> None:
         )
         r = rows[-1]
         print(
-            f"{i + 1}/{len(CONFIGS)} {change}: measured {r['measured_tok_s']:.1f} tok/s "
+            f"{i + 1}/{len(CONFIGS) + 1} {change}: measured {r['measured_tok_s']:.1f} tok/s "
             f"{completion:.1f} s, estimated {e.mean_tok_s:.1f} tok/s {e.completion_s:.1f} s "
             f"({r['completion_error']:+.1%}); cost {screen_s:.0f} s vs {full_s:.0f} s",
             file=sys.stderr,
         )
+    first, again = rows[0], rows.pop()  # the replicate is not ranked with the others
+    replicate = {
+        "full_tok_s": [first["measured_tok_s"], again["measured_tok_s"]],
+        "screen_tok_s": [first["estimated_tok_s"], again["estimated_tok_s"]],
+        "full_difference": again["measured_tok_s"] / first["measured_tok_s"] - 1,
+        "screen_difference": again["estimated_tok_s"] / first["estimated_tok_s"] - 1,
+    }
     two = [r for r in rows if r["threads"] == BASE["cpu_threads"]]
     rho = rank(rows, "estimated_tok_s", "measured_tok_s")
     rho_two = rank(two, "estimated_tok_s", "measured_tok_s")
@@ -143,6 +152,7 @@ def main() -> None:
         "spearman_tok_s_two_threads": rho_two,
         "spearman_full_run1_vs_run2_two_threads": ceiling_two,
         "measured_tok_s_spread_two_threads": spread,
+        "baseline_replicate": replicate,
         "median_abs_completion_error": error,
         "median_cost_ratio": cost,
         "targets": {"spearman_tok_s": 0.9, "median_abs_completion_error": 0.05, "cost": 0.2},
@@ -154,7 +164,9 @@ def main() -> None:
         f"Spearman {rho:.3f} over all {len(rows)} (the full measurement against itself: "
         f"{ceiling:.3f}); {rho_two:.3f} over the {len(two)} two-thread ones (itself: "
         f"{ceiling_two:.3f}; {spread:.1%} apart), median |completion error| {error:.1%}, cost "
-        f"{cost:.2f} of a full measurement; wrote {OUT}",
+        f"{cost:.2f} of a full measurement; the baseline loaded again at the end: full "
+        f"{replicate['full_difference']:+.1%}, screening {replicate['screen_difference']:+.1%}; "
+        f"wrote {OUT}",
         file=sys.stderr,
     )
 

@@ -69,6 +69,7 @@ def measure_table(config: studyfile.StudyConfig) -> dict[str, Any]:
     else:
         base = run_in_child(spec, config.baseline, 600, plan=FULL)
         refs = references(base.workloads)
+    saved = {w: dataclasses.asdict(r) for w, r in refs.items()}
     screen = TrialPlan(full=False, screen=ScreenPlan(config.measure.depths, 32, refs))
     rows: dict[str, Any] = partial.get("rows", {})
     grid = config.space.grid()
@@ -86,7 +87,6 @@ def measure_table(config: studyfile.StudyConfig) -> dict[str, Any]:
         assert out.screen is not None
         rows[key(settings)] = {w: e.to_dict() for w, e in out.screen.estimates.items()}
         PARTIAL.parent.mkdir(parents=True, exist_ok=True)
-        saved = {w: dataclasses.asdict(r) for w, r in refs.items()}
         PARTIAL.write_text(json.dumps({"references": saved, "rows": rows}) + "\n")
         print(f"{i + 1}/{len(grid)} {settings}", file=sys.stderr, flush=True)
     return {
@@ -164,22 +164,25 @@ def replay(
     return measured, duplicates
 
 
+def twin(rows: dict[str, Any], k: str) -> Any | None:
+    """The row of the configuration that differs from ``k``'s only in mmap, if measured."""
+    settings = json.loads(k)
+    if "mmap" not in settings:
+        return None
+    return rows.get(key({**settings, "mmap": not settings["mmap"]}))
+
+
 def noise(rows: dict[str, Any], workloads: list[str]) -> dict[str, float]:
     """Median relative difference of expected completion time between configurations that
     differ only in mmap (replicates: mmap does not change decode speed)."""
-    pairs: dict[str, dict[bool, Any]] = {}
-    for k, row in rows.items():
-        settings = json.loads(k)
-        if "mmap" in settings:
-            mmap = settings.pop("mmap")
-            pairs.setdefault(key(settings), {})[mmap] = row
+    pairs = [
+        (row, other)
+        for k, row in rows.items()
+        if json.loads(k).get("mmap") is True and (other := twin(rows, k)) is not None
+    ]
     out = {}
     for w in workloads:
-        diffs = [
-            abs(p[True][w]["completion_s"] / p[False][w]["completion_s"] - 1)
-            for p in pairs.values()
-            if len(p) == 2
-        ]
+        diffs = [abs(a[w]["completion_s"] / b[w]["completion_s"] - 1) for a, b in pairs]
         out[w] = statistics.median(diffs) if diffs else 0.0
     return out
 
@@ -215,13 +218,12 @@ def averaged(table: dict[str, Any]) -> dict[str, Any]:
     rows = table["rows"]
     out = {}
     for k, row in rows.items():
-        settings = json.loads(k)
-        twin = rows.get(key({**settings, "mmap": not settings.get("mmap")}))
-        if twin is None:
+        other = twin(rows, k)
+        if other is None:
             out[k] = row
             continue
         out[k] = {
-            w: {f: (v + twin[w][f]) / 2 if isinstance(v, float) else v for f, v in e.items()}
+            w: {f: (v + other[w][f]) / 2 if isinstance(v, float) else v for f, v in e.items()}
             for w, e in row.items()
         }
     return {**table, "rows": out}

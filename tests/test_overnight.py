@@ -311,13 +311,12 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(
             and trials[-1].state == TrialState.RUNNING
         )
     assert seen, f"no running trial after a complete one in 60 s; last error: {last!r}"
-    with open(f"/proc/{proc.pid}/status") as f:
-        masks = [ln for ln in f.read().splitlines() if ln.startswith(("SigIgn", "SigBlk"))]
+    before = signal_state(proc.pid)
     proc.send_signal(sig)
     time.sleep(1)
-    threads = signal_state(proc.pid)
+    after = signal_state(proc.pid)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2, f"{masks} after the signal: {threads} {err[-500:]}"
+    assert proc.returncode == 2, f"before the signal: {before} after: {after} {err[-500:]}"
     assert out == ""
     last = err.strip().splitlines()[-1]
     assert last.startswith(

@@ -182,25 +182,22 @@ def changes(
         and engine_now != then
     ):
         out.append(f"LM Studio changed since the preset was measured: {then} -> {engine_now}")
-    layers = row.get("gpu_layers")
+    layers, installed, at = row.get("gpu_layers"), row.get("settings"), row.get("at", 0)
     # every load of the installed settings since the install that said its GPU layers: a
     # later sweep's trial, or a re-confirmation's candidate
     later = [
         (r.datetime_complete.timestamp(), r.gpu_layers, f"trial {r.number}")
         for r in recs
-        if r.settings == row.get("settings")
+        if r.settings == installed
         and r.gpu_layers is not None
         and r.datetime_complete is not None
-        and r.datetime_complete.timestamp() > row.get("at", 0)
+        and r.datetime_complete.timestamp() > at
     ]
     for c in confirmations:
-        cand = next((x for x in c.candidates if x.settings == row.get("settings")), None)
-        if (
-            cand is not None
-            and cand.gpu_layers is not None
-            and _timestamp(c.when) > row.get("at", 0)
-        ):
-            later.append((_timestamp(c.when), cand.gpu_layers, f"the re-confirmation of {c.when}"))
+        cand = next((x for x in c.candidates if x.settings == installed), None)
+        when = _timestamp(c.when)
+        if cand is not None and cand.gpu_layers is not None and when > at:
+            later.append((when, cand.gpu_layers, f"the re-confirmation of {c.when}"))
     if layers is not None and later:
         _, newest, what = max(later, key=lambda x: x[0])
         if newest != layers:

@@ -65,7 +65,7 @@ def test_a_config_against_itself_shows_no_difference(
         "tok_s": "no detectable difference",
         "ttft_s": "no detectable difference",
         "output_tokens": "no detectable difference",
-    }
+    }, doc["rows"]  # each row's per-config values and interval: which one moved, and how
     diffs = {r["metric"]: r["diff_vs_first"] for r in doc["rows"] if r["diff_vs_first"]}
     assert diffs["output_tokens"] == [0.0, 0.0, 0.0]  # greedy: the same tokens every round
     assert abs(diffs["tok_s"][0]) < 0.2

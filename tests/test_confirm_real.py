@@ -57,14 +57,18 @@ def test_two_threads_are_confirmed_faster_than_one(write_study: WriteStudy) -> N
     assert all(
         r["status"] == "unconfirmed" and r["gain_tok_s_pct"] is None for r in before.values()
     )
-    out = sweeper("confirm", path)
+    # On a quiet machine 3 rounds settle it (about -33% time, interval -42% to -24%). One round
+    # disturbed by something else on the machine widens a 5-round t interval past zero, so up to
+    # 8 are allowed: the early look still stops at the first clear answer.
+    out = sweeper("confirm", path, "--rounds", 8)
     for w, rec in recommended(path).items():
-        assert rec["status"] == "confirmed", (w, out)
+        seen = (w, out, rec.get("confirmation"))
+        assert rec["status"] == "confirmed", seen
         assert rec["settings"]["cpu_threads"] == 2
         confirmation = rec["confirmation"]["candidates"][0]
-        assert confirmation["completion_pct"][2] < 0  # the decision: less time, beyond noise
-        assert rec["gain_tok_s_pct"][0] > 20  # two cores against one: far more than noise
-        assert rec["rounds"] <= 5 and rec["confirmation"]["baseline_settings"]["cpu_threads"] == 1
+        assert confirmation["completion_pct"][2] < 0, seen  # less time, beyond noise
+        assert rec["gain_tok_s_pct"][0] > 20, seen  # two cores against one: far more than noise
+        assert rec["rounds"] <= 8 and rec["confirmation"]["baseline_settings"]["cpu_threads"] == 1
 
 
 def test_a_baseline_measured_on_a_busy_machine_makes_no_false_claim(

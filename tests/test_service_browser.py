@@ -1,5 +1,5 @@
-"""The whole path in a real browser (Debian's Chromium through Playwright): queue a sweep, see
-its trials arrive live, queue a second one and see it wait, see a terminal's `sweeper run` wait
+"""The whole path in a real browser (Debian's Chromium through Playwright): queue the demo study
+(the real model) with a small budget, see its trials arrive live, queue a second one and see it wait, see a terminal's `sweeper run` wait
 too, stop the first, restart the service and find both in the right state with every completed
 trial, download a preset, install one into LM Studio and undo it; and no process left behind."""
 
@@ -19,6 +19,12 @@ import pytest
 from conftest import chromium_path
 from service_process import Service, alive, ours, study
 
+SHIPPED = Path(__file__).parent.parent / "studies"
+#: the trial rows the live page shows as complete
+COMPLETE_ROWS = (
+    "[...document.querySelectorAll('#trials tr.trial')]"
+    ".filter(r => r.cells[1].textContent === 'complete').length"
+)
 CONFIG = {
     "preset": "",
     "operation": {"fields": [{"key": "llm.prediction.reasoning.effort", "value": "high"}]},
@@ -42,7 +48,7 @@ def browser() -> Iterator[Any]:
 def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
-    (studies / "slow.toml").write_text(study("slow", "fake:slow", 40))
+    (studies / "demo.toml").write_text((SHIPPED / "demo.toml").read_text())
     (studies / "second.toml").write_text(study("second", "fake-model", 3))
     (studies / "third.toml").write_text(study("third", "fake-model", 2))
     (studies / "ready.toml").write_text(study("ready", "fake-model", 4))
@@ -65,19 +71,17 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
     page = browser.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(service.url + "/")
-    assert page.locator('#studies tr[data-file="slow.toml"]').count() == 1
+    assert page.locator('#studies tr[data-file="demo.toml"]').count() == 1
 
-    page.goto(service.url + "/new?study=slow.toml")
-    page.fill('#choose input[name="trials"]', "40")
+    page.goto(service.url + "/new?study=demo.toml")
+    page.fill('#choose input[name="trials"]', "6")
     page.click("#choose button")
     assert "no measured baseline yet" in page.inner_text("#plan")
     page.click("#queue button")
     page.wait_for_url("**/sweeps/*")
     first = page.url.rsplit("/", 1)[1]
     page.evaluate("window.notReloaded = true")
-    page.wait_for_function(
-        "document.querySelectorAll('#trials tr.trial').length >= 2", timeout=90_000
-    )
+    page.wait_for_function(COMPLETE_ROWS + " >= 2", timeout=180_000)
     assert page.evaluate("window.notReloaded") is True  # arrived live, no reload
     page.wait_for_selector("#chart-short .main-svg")  # each workload's points, drawn live
     assert page.inner_text("#state") == "running"
@@ -100,7 +104,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
     try:
         waiting = terminal.stderr.readline()
         assert waiting.startswith("waiting for another measurement to finish: sweeper run ")
-        assert "slow.toml" in waiting
+        assert "demo.toml" in waiting
         time.sleep(1)
         assert terminal.poll() is None
     finally:

@@ -215,6 +215,7 @@ def run_in_child(
         worker.start()
         deadline = time.monotonic() + timeout_s
         while True:
+            system.raise_if_stopped()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TrialFailure("timeout", f"no result after {timeout_s:.0f} s; worker killed")

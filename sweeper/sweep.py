@@ -225,6 +225,7 @@ class Sweep:
             raise
 
     def _objective(self, trial: optuna.Trial) -> list[float]:
+        system.raise_if_stopped()
         cfg = self.config
         tag = records.tag_of(trial)
         is_anchor = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)

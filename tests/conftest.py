@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +188,20 @@ def services() -> Iterator[list[Any]]:
     yield started
     for s in started:
         s.stop()
+
+
+class _CtrlCInAFinaliser:
+    """Ctrl-C landing while Python runs a finaliser (a ``__del__`` during garbage collection):
+    the KeyboardInterrupt its handler raises there is printed as "Exception ignored" and
+    dropped, and the program goes on."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def dropped_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Ctrl-C whose KeyboardInterrupt Python drops; returns what reached ``sys.unraisablehook``."""
+    dropped: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    _CtrlCInAFinaliser()  # made and finalised at once
+    return dropped

@@ -1,7 +1,8 @@
 """The whole path in a real browser (Debian's Chromium through Playwright): queue the demo study
-(the real model) with a small budget, see its trials arrive live, queue a second one and see it wait, see a terminal's `sweeper run` wait
-too, stop the first, restart the service and find both in the right state with every completed
-trial, download a preset, install one into LM Studio and undo it; and no process left behind."""
+(the real model) with a small budget, see its trials arrive live, queue a second one and see it
+wait, see a terminal's `sweeper run` wait too, stop the first, restart the service and find both
+in the right state with every completed trial, download a preset, install one into LM Studio and
+undo it; and no process left behind."""
 
 from __future__ import annotations
 

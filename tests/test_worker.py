@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
+from conftest import dropped_ctrl_c
+from sweeper import system
 from sweeper.errors import TrialFailure
 from sweeper.runner import WorkerError, WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
@@ -59,3 +63,15 @@ def test_a_load_failure_keeps_its_reason() -> None:
 def test_a_bug_is_not_hidden_as_a_trial_result() -> None:
     with pytest.raises(WorkerError, match="ZeroDivisionError: a bug in a backend"):
         run_in_child(spec("fake:bug"), LoadSettings(), 60)
+
+
+def test_a_ctrl_c_that_python_dropped_still_stops_the_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with system.terminate_as_interrupt() as stopping:
+        assert dropped_ctrl_c(monkeypatch) == [KeyboardInterrupt]  # none reached this code
+        with pytest.raises(KeyboardInterrupt):  # the worker is stopped, not waited for
+            run_in_child(spec("fake:hang"), LoadSettings(), 10)
+    assert stopping.requested and not stopping.terminated
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    system.raise_if_stopped()  # the session is over: a later one starts afresh

@@ -103,29 +103,56 @@ def hold_stop_signals() -> Iterator[None]:
 @dataclass
 class Stopping:
     """How a session was stopped: by termination (SIGTERM, Ctrl-Break, a service's Stop) or
-    by Ctrl-C (KeyboardInterrupt either way)."""
+    by Ctrl-C (KeyboardInterrupt either way); ``requested`` stays set once either arrived."""
 
     terminated: bool = False
+    requested: bool = False
+
+
+#: the sessions open in this process, innermost last
+_sessions: list[Stopping] = []
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[Stopping]:
     """SIGTERM (and Ctrl-Break on Windows) raise KeyboardInterrupt like Ctrl-C does, so the
-    running trial is stopped and marked the same way."""
+    running trial is stopped and marked the same way. A stop is also kept as state, for
+    ``raise_if_stopped``: Python drops a KeyboardInterrupt that its handler raises while a
+    finaliser runs (a ``__del__`` or weakref callback during garbage collection: "Exception
+    ignored in ..."), and the session must stop all the same."""
     stopping = Stopping()
+
+    def interrupt(signum: int, frame: object) -> None:
+        stopping.requested = True
+        raise KeyboardInterrupt
 
     def terminate(signum: int, frame: object) -> None:
         stopping.terminated = True
-        raise KeyboardInterrupt
+        interrupt(signum, frame)
 
     names = ("SIGTERM", "SIGBREAK") if PLATFORM == "win32" else ("SIGTERM",)
-    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
-    previous = {s: signal.signal(s, terminate) for s in sigs}
+    handlers: dict[signal.Signals, Callable[[int, Any], None]] = {
+        getattr(signal, n): terminate for n in names if hasattr(signal, n)
+    }
+    # Ctrl-C: only where Python's own handler is there (a shell's background job ignores it)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers[signal.SIGINT] = interrupt
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    _sessions.append(stopping)
     try:
         yield stopping
     finally:
+        _sessions.remove(stopping)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt if a stop signal reached the session this runs in, whether or not the
+    KeyboardInterrupt its handler raised got anywhere: called where a session waits (a trial's
+    worker, the next trial), a stop is never lost."""
+    if _sessions and _sessions[-1].requested:
+        raise KeyboardInterrupt
 
 
 def exit_description(exitcode: int | None) -> tuple[bool, str]:

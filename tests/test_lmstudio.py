@@ -341,7 +341,9 @@ def test_from_wire_reads_back_canonical_names() -> None:
 def test_the_shipped_quick_study_runs_against_the_server(
     server: LMStudioTestServer, tmp_path: Path
 ) -> None:
-    study = Path(__file__).parent.parent / "studies" / "lmstudio-quick.toml"
+    shipped = Path(__file__).parent.parent / "studies" / "lmstudio-quick.toml"
+    study = tmp_path / shipped.name  # its log is written next to it, not into the checkout
+    study.write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
     storage = f"sqlite:///{tmp_path / 'quick.db'}"
     code, out, err = run_cli(
         "run", str(study), "--trials", "2", "--host", server.address, "--storage", storage

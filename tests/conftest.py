@@ -199,9 +199,21 @@ class _CtrlCInAFinaliser:
         signal.raise_signal(signal.SIGINT)
 
 
-def dropped_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Ctrl-C whose KeyboardInterrupt Python drops; returns what reached ``sys.unraisablehook``."""
-    dropped: list[object] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
-    _CtrlCInAFinaliser()  # made and finalised at once
-    return dropped
+@pytest.fixture
+def drop_ctrl_c() -> Iterator[Callable[[], list[object]]]:
+    """A Ctrl-C whose KeyboardInterrupt Python drops; returns what reached
+    ``sys.unraisablehook``. Python's own Ctrl-C handler is put in place first: a test run
+    started as a background job of a non-interactive shell inherits Ctrl-C ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def drop() -> list[object]:
+        dropped: list[object] = []
+        hook, sys.unraisablehook = sys.unraisablehook, lambda u: dropped.append(u.exc_type)
+        try:
+            _CtrlCInAFinaliser()  # made and finalised at once
+        finally:
+            sys.unraisablehook = hook
+        return dropped
+
+    yield drop
+    signal.signal(signal.SIGINT, previous)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 import pytest
 
-from conftest import dropped_ctrl_c
 from sweeper import system
 from sweeper.errors import TrialFailure
 from sweeper.runner import WorkerError, WorkerSpec, run_in_child
@@ -66,12 +66,21 @@ def test_a_bug_is_not_hidden_as_a_trial_result() -> None:
 
 
 def test_a_ctrl_c_that_python_dropped_still_stops_the_trial(
-    monkeypatch: pytest.MonkeyPatch,
+    drop_ctrl_c: Callable[[], list[object]],
 ) -> None:
-    with system.terminate_as_interrupt() as stopping:
-        assert dropped_ctrl_c(monkeypatch) == [KeyboardInterrupt]  # none reached this code
+    with pytest.raises(KeyboardInterrupt), system.terminate_as_interrupt() as stopping:
+        assert drop_ctrl_c() == [KeyboardInterrupt]  # none reached this code
         with pytest.raises(KeyboardInterrupt):  # the worker is stopped, not waited for
             run_in_child(spec("fake:hang"), LoadSettings(), 10)
     assert stopping.requested and not stopping.terminated
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     system.raise_if_stopped()  # the session is over: a later one starts afresh
+
+
+def test_a_session_asked_to_stop_does_not_end_as_if_finished(
+    drop_ctrl_c: Callable[[], list[object]],
+) -> None:
+    """A Ctrl-C dropped after the last check (the last trial's result being stored) is raised
+    when the session ends, so `sweeper run` does not go on to its confirmation and exit 0."""
+    with pytest.raises(KeyboardInterrupt), system.terminate_as_interrupt():
+        assert drop_ctrl_c() == [KeyboardInterrupt]

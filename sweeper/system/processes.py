@@ -100,7 +100,7 @@ def hold_stop_signals() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-@dataclass
+@dataclass(eq=False)
 class Stopping:
     """How a session was stopped: by termination (SIGTERM, Ctrl-Break, a service's Stop) or
     by Ctrl-C (KeyboardInterrupt either way); ``requested`` stays set once either arrived."""
@@ -117,9 +117,9 @@ _sessions: list[Stopping] = []
 def terminate_as_interrupt() -> Iterator[Stopping]:
     """SIGTERM (and Ctrl-Break on Windows) raise KeyboardInterrupt like Ctrl-C does, so the
     running trial is stopped and marked the same way. A stop is also kept as state, for
-    ``raise_if_stopped``: Python drops a KeyboardInterrupt that its handler raises while a
-    finaliser runs (a ``__del__`` or weakref callback during garbage collection: "Exception
-    ignored in ..."), and the session must stop all the same."""
+    ``raise_if_stopped`` and the session's end: Python drops a KeyboardInterrupt that its
+    handler raises while a finaliser runs (a ``__del__`` or weakref callback during garbage
+    collection: "Exception ignored in ..."), and the session must stop all the same."""
     stopping = Stopping()
 
     def interrupt(signum: int, frame: object) -> None:
@@ -141,17 +141,19 @@ def terminate_as_interrupt() -> Iterator[Stopping]:
     _sessions.append(stopping)
     try:
         yield stopping
+        if stopping.requested:  # asked to stop, yet nothing stopped: say so now
+            raise KeyboardInterrupt
     finally:
-        _sessions.remove(stopping)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _sessions[:] = [x for x in _sessions if x is not stopping]
 
 
 def raise_if_stopped() -> None:
-    """KeyboardInterrupt if a stop signal reached the session this runs in, whether or not the
-    KeyboardInterrupt its handler raised got anywhere: called where a session waits (a trial's
-    worker, the next trial), a stop is never lost."""
-    if _sessions and _sessions[-1].requested:
+    """KeyboardInterrupt if a stop signal reached an open session of this process, whether or
+    not the KeyboardInterrupt its handler raised got anywhere: called where a session waits (a
+    trial's worker, the next trial), a stop is never lost."""
+    if any(s.requested for s in _sessions):
         raise KeyboardInterrupt
 
 

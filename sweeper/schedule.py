@@ -77,6 +77,14 @@ def earlier_baseline(recs: Sequence[TrialRecord], number: int) -> bool:
     )
 
 
+def surplus(recs: Sequence[TrialRecord], number: int, limit: int) -> bool:
+    """Whether trials begun before trial ``number``, on every worker, already make the target.
+    Optuna's trial-count callback races between workers (each counts, then both ask for a
+    trial: 13 trials of 12 were seen with two); the trial numbers settle it, the later yields."""
+    begun = (TrialState.COMPLETE, TrialState.RUNNING)
+    return sum(r.number < number and r.state in begun for r in recs) >= limit
+
+
 def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
     """Trials interrupted (Ctrl-C, SIGTERM) or killed and not yet run again (once)."""
     retried = {r.retry_of for r in recs}

@@ -100,10 +100,9 @@ class Sweep:
                 self.on_stage("screening" if screening else "measuring", todo)
             start = time.monotonic()
             study.optimize(
-                self.objective,
+                lambda trial: self.objective(trial, limit=target + promoted),
                 n_trials=todo,
-                # Running trials count too: with several workers on one study, a worker does
-                # not start a trial that other workers' running trials already make unneeded.
+                # running trials count too: other workers' may make a new one unneeded
                 callbacks=[
                     MaxTrialsCallback(
                         target + promoted, states=(TrialState.COMPLETE, TrialState.RUNNING)
@@ -216,20 +215,23 @@ class Sweep:
         for r in schedule.retries(records.load(study)):
             records.enqueue(study, r.params, r.tag, retry_of=r.number)
 
-    def objective(self, trial: optuna.Trial) -> list[float]:
+    def objective(self, trial: optuna.Trial, limit: int | None = None) -> list[float]:
         try:
-            return self._objective(trial)
+            return self._objective(trial, limit)
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM anywhere in the trial: marked so that the next run retries it
             records.interrupted(trial)
             raise
 
-    def _objective(self, trial: optuna.Trial) -> list[float]:
+    def _objective(self, trial: optuna.Trial, limit: int | None) -> list[float]:
         system.raise_if_stopped()
         cfg = self.config
         tag = records.tag_of(trial)
         is_anchor = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
         recs = records.load(trial.study)
+        if limit is not None and schedule.surplus(recs, trial.number, limit):
+            trial.study.stop()
+            raise optuna.TrialPruned("the study reached its trial target as this trial began")
         if tag == Tag.BASELINE and schedule.earlier_baseline(recs, trial.number):
             # Two workers starting together may both enqueue the baseline: the second run
             # of it is kept as a repeat measurement, under its own tag.

@@ -144,7 +144,20 @@ PARAMS: dict[str, Param] = {
             "MoE expert weights of the first N layers kept on the CPU",
             low=0,
         ),
+        Param(
+            "gpu_strict_vram_cap",
+            bool,
+            "load.gpuStrictVramCap",
+            "",
+            "",
+            "LM Studio: limit offload to dedicated GPU memory (fewer GPU layers, no spill)",
+        ),
     )
+}
+#: Settings only LM Studio has, and what a llama.cpp backend says instead.
+LMSTUDIO_ONLY = {
+    "gpu_strict_vram_cap": "LM Studio's own load setting; llama.cpp has no such cap (its "
+    "nearest, --fit, shrinks the context and moves expert tensors to the CPU until the load fits)",
 }
 
 
@@ -164,6 +177,7 @@ class LoadSettings:
     keep_in_memory: bool | None = None
     offload_kv_cache: bool | None = None
     cpu_moe_layers: int | None = None
+    gpu_strict_vram_cap: bool | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "settings") -> LoadSettings:

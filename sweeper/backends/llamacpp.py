@@ -17,7 +17,7 @@ from sweeper import reasoning
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError
 from sweeper.measurement import Run
-from sweeper.settings import PARAMS, LoadSettings
+from sweeper.settings import LMSTUDIO_ONLY, PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
 if TYPE_CHECKING:
@@ -69,8 +69,9 @@ def _errors(stage: str) -> Iterator[None]:
 
 class LlamaCppBackend(BackendBase):
     name: ClassVar[str] = "llama.cpp"
-    supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers"}
+    supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers", *LMSTUDIO_ONLY}
     unsupported_why: ClassVar[Mapping[str, str]] = {
+        **LMSTUDIO_ONLY,
         "cpu_moe_layers": "llama-cpp-python 0.3.36 does not expose llama.cpp's tensor buffer "
         "overrides (--n-cpu-moe); use the lmstudio backend or llama-server's --n-cpu-moe",
     }

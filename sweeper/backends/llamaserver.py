@@ -30,7 +30,7 @@ from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.backends.llamacpp import FAMILY_TURNS, LlamaCppBackend
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError
 from sweeper.measurement import Run
-from sweeper.settings import PARAMS, LoadSettings
+from sweeper.settings import LMSTUDIO_ONLY, PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
 #: The server binary, when the study file does not name one.
@@ -104,7 +104,8 @@ def _free_port() -> int:
 
 class LlamaServerBackend(BackendBase):
     name: ClassVar[str] = "llama-server"
-    supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
+    supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - set(LMSTUDIO_ONLY)
+    unsupported_why = LMSTUDIO_ONLY
     #: the engine is the server process: the worker's own memory says nothing about it
     measures_own_memory: ClassVar[bool] = False
     #: seconds to wait for the server to load a model

@@ -45,6 +45,7 @@ SDK_KEYS = {
     "mmap": "tryMmap",
     "keep_in_memory": "keepModelInMemory",
     "offload_kv_cache": "offloadKVCacheToGpu",
+    "gpu_strict_vram_cap": "gpuStrictVramCap",
 }
 #: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields under their LM Studio
 #: keys (see load_with_raw_fields).

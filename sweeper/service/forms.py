@@ -27,6 +27,7 @@ FIELDS: dict[str, str] = {
     "v_cache_type": "f16, q8_0",
     "mmap": "",
     "cpu_moe_layers": "",
+    "gpu_strict_vram_cap": "",
 }
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: a range to sweep: ``2..12``, ``0.5..1.0 step 0.05``

@@ -25,7 +25,7 @@ TOOLS_ON := -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF -DL
 TOOLS_OFF := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=ON
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test lint bench screenshots clean
+.PHONY: install demo test lint bench screenshots clean dist
 
 install: $(STAMP)
 
@@ -86,9 +86,14 @@ bench: install
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/service_disturbance.py
 
+# What LM Studio users install: the sdist and, built from it, the wheel (in dist/).
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
 # The service's pages for the README (docs/service-*.png); needs Debian's chromium.
 screenshots: install
 	$(BIN)/python docs/screenshots.py
 
 clean:
-	rm -rf $(VENV) studies/*.db studies/*.log studies/*-presets studies/*-report.html
+	rm -rf $(VENV) dist build studies/*.db studies/*.log studies/*-presets studies/*-report.html

@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from sweeper import system
+from sweeper import __version__, system
 
 
 def machine(backend: str, model: str, engine: str | None = None) -> dict[str, Any]:
@@ -24,15 +24,16 @@ def machine(backend: str, model: str, engine: str | None = None) -> dict[str, An
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "backend": backend,
-        "backend_version": engine
-        or _version(
-            {"llama.cpp": "llama-cpp-python", "lmstudio": "lmstudio"}.get(backend, "sweeper")
-        ),
+        "backend_version": engine or _version(backend),
         "model": _model_identity(model),
     }
 
 
-def _version(package: str) -> str | None:
+def _version(backend: str) -> str | None:
+    """The engine package's version, or sweeper's own for a backend without one."""
+    package = {"llama.cpp": "llama-cpp-python", "lmstudio": "lmstudio"}.get(backend)
+    if package is None:
+        return __version__
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

@@ -51,9 +51,14 @@ def open_storage(url: str, heartbeat_s: float = 30, grace_s: float = 120) -> RDB
                     grace_period=max(2, round(grace_s)),
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
-            except sqlalchemy.exc.IntegrityError:
-                # Workers starting together on an empty database race to create the tables
-                if attempt == 4:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+                # Workers starting together on an empty database race to create the tables, as
+                # does a page (or any reader) opening a storage a child process is creating:
+                # SQLite then says "table ... already exists"
+                creating = isinstance(exc, sqlalchemy.exc.IntegrityError) or (
+                    "already exists" in str(exc)
+                )
+                if attempt == 4 or not creating:
                     raise
                 time.sleep(0.5 + attempt)
         raise AssertionError("unreachable")

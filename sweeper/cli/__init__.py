@@ -12,13 +12,15 @@ import warnings
 import click
 import optuna
 
+from sweeper import __version__
 from sweeper.cli import results, serving, sweeping
+from sweeper.distribution import NAME
 
 log = logging.getLogger("sweeper")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(package_name="sweeper")
+@click.version_option(__version__, prog_name="sweeper", message=f"%(prog)s %(version)s ({NAME})")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: each trial, -vv: each run).")
 def cli(verbose: int) -> None:
     """Find the fastest load settings for a local LLM, per workload."""

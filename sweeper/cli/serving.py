@@ -17,9 +17,10 @@ from sweeper.cli.common import errors, fail
 @click.option(
     "--studies",
     "studies_dir",
-    default="studies",
+    default=None,
     metavar="DIR",
-    help="The study files the service lists and runs.",
+    help="The study files the service lists and runs [default: the studies folder in "
+    "SWEEPER_HOME, ~/.sweeper/studies, made with the example studies on first use].",
 )
 @click.option(
     "--machine",
@@ -28,16 +29,16 @@ from sweeper.cli.common import errors, fail
     help="The name other rigs sharing a study show this rig's sweeps under (default: the host "
     "name).",
 )
-def serve(host: str, port: int, studies_dir: str, machine: str | None) -> None:
+def serve(host: str, port: int, studies_dir: str | None, machine: str | None) -> None:
     """Plan, queue, watch and finish sweeps in the browser; one measurement at a time."""
     import uvicorn
     from filelock import FileLock, Timeout
 
-    from sweeper import lock
+    from sweeper import distribution, lock
     from sweeper.service.app import create_app
     from sweeper.service.security import is_loopback
 
-    studies = Path(studies_dir)
+    studies = Path(studies_dir) if studies_dir else distribution.default_studies()
     if not studies.is_dir():
         fail(f"no studies directory {studies_dir!r}; give one with --studies DIR")
     state = lock.home() / "service"

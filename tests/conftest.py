@@ -78,6 +78,15 @@ max_tokens = 12
 WriteStudy = Callable[..., Path]
 
 
+def tiny_probes(text: str) -> str:
+    """A study's test copy with the smallest screening and confirmation that still run every
+    step: 2 depth probes of 8 tokens (the defaults, 5 x 64, outweigh 8-to-96-token test
+    workloads many times over) and a confirmation of at most 3 rounds (its earliest verdict)."""
+    assert "[measure]\n" in text and "[confirm]" not in text and "probe_tokens" not in text
+    text = text.replace("[measure]\n", "[measure]\ndepths = 2\nprobe_tokens = 8\n", 1)
+    return text + "\n[confirm]\nrounds = 3\n"
+
+
 @pytest.fixture(autouse=True)
 def _sweeper_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The measurement lock and the service's queue of each test in its own folder."""
@@ -170,6 +179,22 @@ def front_points(study: Any, workload: str) -> Any:
 
 
 from postgres import postgres_url  # noqa: E402,F401  (a fixture, shared by the test modules)
+
+
+def study_when_ready(name: str, storage: str) -> Any | None:
+    """The study a child process creates, or None while it is not ready yet: no SQLite file
+    (opening one here would create it, racing the child), its tables half made by the child
+    (SQLite: "table ... already exists"), or no study of that name yet. Every test that polls
+    a storage a child creates goes through here."""
+    import optuna
+    import sqlalchemy.exc
+
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).exists():
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+        return None
 
 
 def chromium_path() -> str | None:

@@ -169,10 +169,11 @@ def test_two_threads_are_faster_than_one_on_two_cores(
     # CI machine widened the t interval across zero (CI, 2026-12-03)
     doc = run_compare(study, one, two, rounds=6)
     row = next(r for r in doc["rows"] if r["config"] == "two" and r["metric"] == "tok_s")
-    estimate, low, _ = row["diff_vs_first"]
-    assert estimate > 0.2  # two threads on two cores: far more than noise
+    estimate, low, high = row["diff_vs_first"]
+    # what compare promises: a difference beyond noise, its sign and its verdict; how much
+    # faster is the machine's (+13% on a memory-bound 2-core machine, +50% on another)
     assert row["verdict"] == "faster"
-    assert low > 0  # the interval excludes zero
+    assert high > estimate > low > 0  # the interval excludes zero, on the faster side
     assert len(doc["rows"]) == 6  # 2 configs x 3 metrics, one workload
 
 

@@ -4,6 +4,7 @@ that was only the machine (a baseline measured while the CPU was busy) is not cl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REAL_STUDY, WriteStudy
+from sweeper import config as studyfile
 from sweeper.cli import cli
+from sweeper.storage import open_study
 
 pytestmark = pytest.mark.real
 
@@ -32,8 +35,9 @@ def recommended(path: Path) -> dict[str, dict]:
 
 @contextmanager
 def busy_cpu() -> Iterator[None]:
-    """Both cores spinning in other processes, as when a browser or a build runs beside."""
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    """Every core spinning in other processes, as when a browser or a build runs beside."""
+    cores = os.cpu_count() or 2
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
     try:
         yield
     finally:
@@ -67,7 +71,9 @@ def test_two_threads_are_confirmed_faster_than_one(write_study: WriteStudy) -> N
         assert rec["settings"]["cpu_threads"] == 2
         confirmation = rec["confirmation"]["candidates"][0]
         assert confirmation["completion_pct"][2] < 0, seen  # less time, beyond noise
-        assert rec["gain_tok_s_pct"][0] > 20, seen  # two cores against one: far more than noise
+        # a gain beyond noise, with its sign; its size is the machine's (+13% where decoding
+        # is memory-bound, +50% elsewhere), not sweeper's
+        assert rec["gain_tok_s_pct"][1] > 0, seen
         assert rec["rounds"] <= 8 and rec["confirmation"]["baseline_settings"]["cpu_threads"] == 1
 
 
@@ -88,10 +94,14 @@ def test_a_baseline_measured_on_a_busy_machine_makes_no_false_claim(
             "unconfirmed (measured at different times)" in rec["claim"] or rec["status"] == "keep"
         )
     sweeper("confirm", path)
+    trials = open_study(studyfile.load(path)).trials
     for w, rec in recommended(path).items():
         assert rec["status"] in ("confirmed", "keep"), w
         if rec["status"] == "confirmed":
-            # all configurations use 2 threads on 2 quiet cores: a few per cent at most
-            assert rec["gain_tok_s_pct"][1] < 15, rec["gain_tok_s_pct"]
+            # the gain the busy baseline made the sweep show, against the confirmed interval:
+            # side by side on a quiet machine the claim is far below it, whatever the machine
+            busy = trials[0].user_attrs[f"w:{w}"]["tok_s"]["median"]
+            apparent_pct = 100 * (rec["tok_s"]["median"] / busy - 1)
+            assert rec["gain_tok_s_pct"][2] < apparent_pct, (rec["gain_tok_s_pct"], apparent_pct)
         else:
             assert rec["claim"].startswith("keep your settings")

@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from conftest import FAKE_STUDY, REAL_STUDY, WriteStudy
+from conftest import FAKE_STUDY, REAL_STUDY, WriteStudy, study_when_ready
 from sweeper import fingerprint, records, schedule, system
 from sweeper.cli import cli
 from sweeper.storage import open_storage
@@ -120,11 +120,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if not Path(path.parent / "real.db").exists():
-            continue
-        try:
-            study = optuna.load_study(study_name="real", storage=storage)
-        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the run is still creating it
+        study = study_when_ready("real", storage)
+        if study is None:
             continue
         states = [t.state for t in study.trials]
         started = [
@@ -164,6 +161,37 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == by_number[running[0]].params
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
+
+
+def test_a_storage_a_child_is_creating_is_opened_once_its_tables_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says "table ... already exists" to the second of two processes creating a
+    storage's tables at once (a page of the service or a poller opening the storage of a sweep
+    that is starting): the open is tried again, as for two workers; another error is not."""
+    from sweeper import storage
+    from sweeper.errors import StorageError
+
+    real, calls = storage.RDBStorage, []
+
+    def opening(error: str) -> Callable[..., object]:
+        def rdb(*args: object, **kwargs: object) -> object:
+            calls.append(error)
+            if len(calls) == 1:
+                raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception(error))
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        return rdb
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    monkeypatch.setattr(storage, "RDBStorage", opening("table study_directions already exists"))
+    assert isinstance(storage.open_storage(url), real) and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(storage, "RDBStorage", opening("unable to open database file"))
+    with pytest.raises(StorageError, match="unable to open database file"):
+        storage.open_storage(url)
+    assert len(calls) == 1  # at once, not after the retries' sleeps
 
 
 def test_only_this_machines_trials_whose_process_is_gone_are_orphans() -> None:
@@ -300,19 +328,18 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline, seen, last = time.monotonic() + 60, False, None
+    deadline, seen = time.monotonic() + 60, False
     while time.monotonic() < deadline and not seen:
         time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="fake", storage=storage).trials
-        except Exception as exc:  # not created yet, or the file is being written
-            last = exc
+        ready = study_when_ready("fake", storage)
+        if ready is None:
             continue
+        trials = ready.trials
         seen = (
             any(t.state == TrialState.COMPLETE for t in trials)
             and trials[-1].state == TrialState.RUNNING
         )
-    assert seen, f"no running trial after a complete one in 60 s; last error: {last!r}"
+    assert seen, "no running trial after a complete one in 60 s"
     before = signal_state(proc.pid)
     proc.send_signal(sig)
     time.sleep(1)

@@ -13,16 +13,17 @@ import httpx
 import optuna
 from optuna.trial import TrialState
 
+from conftest import study_when_ready
 from service_process import Service, alive, ours, study
 
 
 def running_trial(storage: str) -> tuple[list[Any], int] | None:
     """(the complete trials, the number of the one running) once two are done and a third
     has started measuring."""
-    try:
-        trials = optuna.load_study(study_name="slow", storage=storage).trials
-    except KeyError:
+    ready = study_when_ready("slow", storage)
+    if ready is None:
         return None
+    trials = ready.trials
     complete = [(t.number, t.values) for t in trials if t.state == TrialState.COMPLETE]
     running = [
         t.number for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs
@@ -46,7 +47,7 @@ def test_a_crashed_service_resumes_its_sweep_and_leaves_nothing_running(
     end, seen = time.monotonic() + 120, None
     while seen is None and time.monotonic() < end:
         time.sleep(0.2)
-        seen = running_trial(storage) if (studies / "slow.db").exists() else None
+        seen = running_trial(storage)
     assert seen is not None, "no trial started after two completed"
     complete, interrupted = seen
     started = service.descendants()

@@ -67,8 +67,9 @@ demo: install
 	@echo "Report and recommended presets (short and long, every format):"
 	$(BIN)/sweeper export studies/demo.toml --all studies/demo-presets --force
 
+# Every test's duration in the log (CI's too): benchmarks/suite_durations.py reads it.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=0
 
 lint: install
 	$(BIN)/ruff check sweeper tests benchmarks docs

@@ -16,10 +16,12 @@ from sweeper.settings import PARAMS, LoadSettings
 from sweeper.workloads import Sampling, builtin
 
 BACKENDS = ["fake", "llama.cpp", "llama-server", "lmstudio"]
+#: every backend but the fake drives the real model (the `real` marker, per parameter)
+BACKEND_PARAMS = [b if b == "fake" else pytest.param(b, marks=pytest.mark.real) for b in BACKENDS]
 SHORT = builtin("short", 6)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKEND_PARAMS)
 def backend(request: pytest.FixtureRequest, model_path: str) -> Iterator[Backend]:
     with open_backend(request.param, model_path) as b:
         yield b
@@ -35,7 +37,6 @@ def test_it_is_registered_with_what_it_can_apply(backend: Backend) -> None:
         assert cls.unsupported_why[name]  # every refusal says why
 
 
-@pytest.mark.real
 def test_load_reports_what_was_applied_and_generation_is_measured(backend: Backend) -> None:
     progress: list[float] = []
     applied = backend.load(LoadSettings(context_length=512, cpu_threads=2), progress.append)
@@ -48,7 +49,6 @@ def test_load_reports_what_was_applied_and_generation_is_measured(backend: Backe
     assert run.decode_tok_s > 0 or run.output_tokens == 1
 
 
-@pytest.mark.real
 def test_a_reload_applies_the_new_settings(backend: Backend) -> None:
     backend.load(LoadSettings(context_length=512, cpu_threads=2))
     applied = backend.load(LoadSettings(context_length=1024, cpu_threads=1))
@@ -56,14 +56,12 @@ def test_a_reload_applies_the_new_settings(backend: Backend) -> None:
     assert backend.generate(SHORT, Sampling()).output_tokens >= 1
 
 
-@pytest.mark.real
 def test_greedy_generation_repeats_itself(backend: Backend) -> None:
     backend.load(LoadSettings(context_length=512))
     first, second = (backend.generate(SHORT, Sampling()) for _ in range(2))
     assert (first.output_tokens, first.text) == (second.output_tokens, second.text)
 
 
-@pytest.mark.real
 def test_nothing_is_generated_without_a_loaded_model(backend: Backend) -> None:
     with pytest.raises(GenerationError) as err:
         backend.generate(SHORT, Sampling())

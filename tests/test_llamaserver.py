@@ -31,7 +31,6 @@ from sweeper.settings import LoadSettings
 from sweeper.storage import open_study
 from sweeper.workloads import Sampling, Workload, builtin
 
-pytestmark = pytest.mark.real
 SHORT = builtin("short", 12)
 SAME = LoadSettings(context_length=1024, cpu_threads=2, flash_attention=False)
 
@@ -99,6 +98,7 @@ def test_the_flags_are_the_settings() -> None:
     ]
 
 
+@pytest.mark.real
 def test_what_the_server_applied_is_read_back(backend: LlamaServerBackend) -> None:
     settings = LoadSettings(
         context_length=2048,
@@ -124,6 +124,7 @@ def test_what_the_server_applied_is_read_back(backend: LlamaServerBackend) -> No
     assert said["memory_breakdown"]["Host"]["model"] > 100  # MiB, llama.cpp's own table
 
 
+@pytest.mark.real
 def test_the_same_tokens_as_in_process(backend: LlamaServerBackend, model_path: str) -> None:
     """The server and llama-cpp-python run the same llama.cpp on the same prompt: greedy
     decoding writes the same text (flash attention set alike: the server's default is "auto",
@@ -139,6 +140,7 @@ def test_the_same_tokens_as_in_process(backend: LlamaServerBackend, model_path: 
     assert served.text == here.text
 
 
+@pytest.mark.real
 def test_a_load_that_cannot_allocate_is_oom(backend: LlamaServerBackend) -> None:
     with pytest.raises(LoadError) as err:
         backend.load(LoadSettings(context_length=100_000_000))
@@ -147,6 +149,7 @@ def test_a_load_that_cannot_allocate_is_oom(backend: LlamaServerBackend) -> None
     assert not servers()
 
 
+@pytest.mark.real
 def test_no_server_outlives_a_killed_trial(model_path: str) -> None:
     """A trial stopped at its timeout, mid-generation: the worker and its server are gone."""
     spec = WorkerSpec(
@@ -167,6 +170,7 @@ def test_no_server_outlives_a_killed_trial(model_path: str) -> None:
     assert not servers()
 
 
+@pytest.mark.real
 def test_a_sweep_on_llama_server(write_study: WriteStudy, model_path: str) -> None:
     path = write_study(STUDY.format(model=model_path, extra=""))
     result = CliRunner().invoke(cli, ["run", str(path), "--no-confirm"])
@@ -182,6 +186,7 @@ def test_a_sweep_on_llama_server(write_study: WriteStudy, model_path: str) -> No
     assert not servers()
 
 
+@pytest.mark.real
 def test_moe_expert_layers_stay_on_the_cpu(write_study: WriteStudy, tmp_path: Path) -> None:
     model = write_moe_gguf(tmp_path / "moe.gguf", n_layer=4, n_embd=128, n_ff_exp=128)
     path = write_study(
@@ -199,6 +204,7 @@ def test_moe_expert_layers_stay_on_the_cpu(write_study: WriteStudy, tmp_path: Pa
         assert r.mismatch == {}
 
 
+@pytest.mark.real
 def test_the_exported_preset_starts_and_applies_every_setting(
     write_study: WriteStudy, model_path: str, tmp_path: Path
 ) -> None:
@@ -256,6 +262,7 @@ THINKING = Workload(
 )
 
 
+@pytest.mark.real
 def test_a_reasoning_block_is_split_through_the_real_server(
     backend: LlamaServerBackend, model_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,6 +298,7 @@ def test_a_reasoning_block_is_split_through_the_real_server(
     assert here.answer_tokens == served.answer_tokens
 
 
+@pytest.mark.real
 def test_reasoning_effort_reaches_the_template(tmp_path: Path) -> None:
     """gpt-oss's template reads ``reasoning_effort``; the server writes it into the prompt."""
     effort = "{{ '<|im_start|>system\\nReasoning: ' + reasoning_effort + '<|im_end|>\\n' }}"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import chromium_path
@@ -46,6 +47,7 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+@pytest.mark.real
 def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -154,3 +156,27 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
     service.stop()
     assert errors == []
     assert alive(started) == [] and ours(studies) == []
+
+
+def test_ten_tabs_share_one_event_stream_and_all_update(
+    browser: Any, tmp_path: Path, services: list[Service]
+) -> None:
+    """A browser opens at most six connections to a host: with a stream per tab, tabs seven to
+    ten would never load. The tabs share one stream, and an event reaches every one of them."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "a.toml").write_text(study("a", "fake-model", 1))
+    env = os.environ | {"SWEEPER_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    service = Service(studies, env)
+    services.append(service)
+    service.start()
+    context = browser.new_context()
+    tabs = [context.new_page() for _ in range(10)]
+    for tab in tabs:
+        tab.goto(service.url + "/", timeout=15_000)
+        tab.wait_for_function("window.sweeperEvents !== undefined")
+    queued = httpx.post(service.url + "/api/sweeps", json={"study": "a.toml"}).json()
+    row = f'#sweeps tr[data-sweep="{queued["id"]}"]'
+    for tab in tabs:  # each tab read the page again when the event came
+        tab.wait_for_selector(row, timeout=15_000)
+    context.close()

@@ -207,12 +207,14 @@ def test_the_confirmation_rule_keeps_its_error_rate(write_study: WriteStudy) -> 
     def runner(settings: LoadSettings) -> TrialOutcome:
         return outcome(30.0 * rng.gauss(1, 0.03))
 
-    trials = 4000
+    trials = 1000
     results = [confirm.run(config, cand, runner)[0] for _ in range(trials)]
     false_faster = sum(r.chosen is not None for r in results) / trials
     false_slower = sum(r.candidates[0].verdict == "slower" for r in results) / trials
-    # 2.5% nominal; with 4,000 draws a correct rule stays below 3.5% (2.5 sd above 2.5%)
-    assert false_faster <= 0.035 and false_slower <= 0.035, (false_faster, false_slower)
+    # 2.5% nominal, 4.7% for the rule that looks at 95% every round; at 1,000 draws (sd 0.49%
+    # and 0.67%) 3.4% lies 1.9 sd from both: a correct rule passes, that one fails, 97 times
+    # in 100. benchmarks/confirm.py runs 4,000 per noise level.
+    assert false_faster <= 0.034 and false_slower <= 0.034, (false_faster, false_slower)
 
 
 def _point(settings: dict) -> object:

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from conftest import WriteStudy
+from conftest import WriteStudy, tiny_probes
 from lmstudio_server import LMSError, LMStudioTestServer, ServerModel
 from sweeper import config as studyfile
 from sweeper.backends.lmstudio import LMStudioBackend, from_wire, to_config
@@ -21,7 +21,6 @@ from sweeper.settings import LoadSettings
 from sweeper.storage import open_study
 from sweeper.workloads import Sampling, builtin
 
-pytestmark = pytest.mark.real
 KEY = "google/gemma-3-270m"
 
 STUDY = """
@@ -80,6 +79,7 @@ def fields(load: dict) -> dict:
     return {f["key"]: f["value"] for f in load["loadConfigStack"]["layers"][0]["config"]["fields"]}
 
 
+@pytest.mark.real
 def test_a_sweep_sends_exactly_the_intended_keys(
     server: LMStudioTestServer, write_study: WriteStudy
 ) -> None:
@@ -113,6 +113,7 @@ def test_a_sweep_sends_exactly_the_intended_keys(
     assert not server.instances  # and the last one was unloaded at the end
 
 
+@pytest.mark.real
 def test_an_installed_default_never_leaks_into_the_baseline(
     model_path: str, write_study: WriteStudy
 ) -> None:
@@ -148,6 +149,7 @@ def test_an_installed_default_never_leaks_into_the_baseline(
         assert t.user_attrs["applied"]["flash_attention"] is False  # not the installed True
 
 
+@pytest.mark.real
 def test_the_fingerprint_has_lm_studios_app_and_runtime_versions(
     model_path: str, write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,6 +186,7 @@ def test_an_lm_studio_that_does_not_say_its_version_leaves_the_engine_unknown(
         )
 
 
+@pytest.mark.real
 def test_the_load_has_no_ttl(server: LMStudioTestServer) -> None:
     with LMStudioBackend(KEY, host=server.address) as backend:
         backend.load(LoadSettings(context_length=512))
@@ -217,6 +220,7 @@ def test_unreachable_host_is_one_line_before_any_trial(
     assert not (tmp_path / "lms.db").exists()
 
 
+@pytest.mark.real
 def test_host_option_overrides_the_study_file(
     server: LMStudioTestServer, write_study: WriteStudy
 ) -> None:
@@ -226,6 +230,7 @@ def test_host_option_overrides_the_study_file(
     assert len(server.log.loads) == 1
 
 
+@pytest.mark.real
 def test_an_out_of_memory_load_is_an_infeasible_trial(
     model_path: str, write_study: WriteStudy
 ) -> None:
@@ -248,6 +253,7 @@ def test_an_out_of_memory_load_is_an_infeasible_trial(
     assert "out of memory" in trials[1].user_attrs["failure_detail"]
 
 
+@pytest.mark.real
 def test_a_dropped_socket_is_a_named_failure(model_path: str) -> None:
     with (
         LMStudioTestServer([ServerModel(KEY, model_path)], drop_after_tokens=2) as srv,
@@ -259,6 +265,7 @@ def test_a_dropped_socket_is_a_named_failure(model_path: str) -> None:
     assert err.value.reason == "disconnected"
 
 
+@pytest.mark.real
 def test_a_missing_model_at_load_time(server: LMStudioTestServer) -> None:
     with (
         LMStudioBackend("nobody/none", host=server.address) as backend,
@@ -269,6 +276,7 @@ def test_a_missing_model_at_load_time(server: LMStudioTestServer) -> None:
     assert "not found" in err.value.detail
 
 
+@pytest.mark.real
 def test_leftover_instances_of_a_killed_worker_are_unloaded(server: LMStudioTestServer) -> None:
     with LMStudioBackend(KEY, host=server.address) as first:
         first.load(LoadSettings(context_length=512))
@@ -338,12 +346,24 @@ def test_from_wire_reads_back_canonical_names() -> None:
     }
 
 
+QUICK_SMALL = {
+    "repeats = 2": "repeats = 1",
+    "max_tokens = 32": "max_tokens = 8",
+    "max_tokens = 64": "max_tokens = 12",
+}
+
+
+@pytest.mark.real
 def test_the_shipped_quick_study_runs_against_the_server(
     server: LMStudioTestServer, tmp_path: Path
 ) -> None:
     shipped = Path(__file__).parent.parent / "studies" / "lmstudio-quick.toml"
     study = tmp_path / shipped.name  # its log is written next to it, not into the checkout
-    study.write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    text = shipped.read_text(encoding="utf-8")
+    for old, new in QUICK_SMALL.items():  # its settings as shipped; its caps made small
+        assert old in text, old
+        text = text.replace(old, new)
+    study.write_text(tiny_probes(text), encoding="utf-8")
     storage = f"sqlite:///{tmp_path / 'quick.db'}"
     code, out, err = run_cli(
         "run", str(study), "--trials", "2", "--host", server.address, "--storage", storage
@@ -359,6 +379,7 @@ def test_the_shipped_quick_study_runs_against_the_server(
     assert "loading" in err  # the load's progress is shown
 
 
+@pytest.mark.real
 def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
     from sweeper.errors import TrialFailure
     from sweeper.runner import WorkerSpec, run_in_child
@@ -373,6 +394,7 @@ def test_a_stopped_trial_unloads_its_model(server: LMStudioTestServer) -> None:
     assert not server.instances
 
 
+@pytest.mark.real
 def test_reasoning_tokens_count_and_are_split(model_path: str) -> None:
     """A protocol test: the server sends the real model's tokens, the first three typed as a
     reasoning block between start and end tag fragments, as LM Studio sends a parsed one."""
@@ -392,6 +414,7 @@ def test_reasoning_tokens_count_and_are_split(model_path: str) -> None:
     assert not cut.answered and cut.reasoning_tokens == 4 and cut.time_to_answer_s is None
 
 
+@pytest.mark.real
 def test_reasoning_effort_reaches_lm_studio(model_path: str, write_study: WriteStudy) -> None:
     """gpt-oss's effort is a custom field of LM Studio's hub model: sent with every prediction
     as a raw KV field; a model without the field is refused before any trial."""
@@ -413,6 +436,7 @@ def test_reasoning_effort_reaches_lm_studio(model_path: str, write_study: WriteS
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.real
 def test_a_sweep_goes_on_when_every_socket_drops(model_path: str, write_study: WriteStudy) -> None:
     with LMStudioTestServer([ServerModel(KEY, model_path)], drop_after_tokens=2) as srv:
         path = write_study(STUDY.format(host=srv.address))
@@ -422,6 +446,7 @@ def test_a_sweep_goes_on_when_every_socket_drops(model_path: str, write_study: W
     assert len(srv.log.loads) == 2  # the second trial reconnected and loaded again
 
 
+@pytest.mark.real
 def test_an_mlx_model_takes_only_what_the_mlx_engine_takes(
     model_path: str, write_study: WriteStudy
 ) -> None:

@@ -1,5 +1,5 @@
 """What the README says works, works as written: every `sweeper ...` line of its code blocks is
-run here (in a copy of the repository's studies, the demo study made small), or is named below
+run here (in a copy of the repository's studies, those it runs made small), or is named below
 with the reason it cannot run in a test; `--help` of every command; the command table is the
 CLI's own (cog)."""
 
@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import tiny_probes
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -31,19 +33,31 @@ NOT_HERE = {
     "sweeper status studies/rtx3060-gpt-oss-20b.toml --storage postgresql://...": "a template",
     "sweeper run studies/rtx3060-gpt-oss-20b-llama-server.toml --timeout 8h": "needs the "
     "gpt-oss-20b GGUF and a GPU",
-    "sweeper serve": "runs until stopped; tests/test_service_browser.py starts it as written",
+    "sweeper serve": "runs until stopped; tests/test_installed.py starts it as written, from "
+    "the installed wheel in another folder",
+    "sweeper serve --studies studies": "runs until stopped; tests/test_service_browser.py "
+    "starts it on a copy of studies/",
     "sweeper serve --studies ~/sweeps --port 9000": "runs until stopped, on a folder of the "
     "user's; --studies is tested in tests/test_service.py, --port by the browser test",
     "sweeper compare studies/demo.toml --config one-thread.toml --config two-threads.toml "
     "--repeats 4": "an example of output; the tour's compare line runs",
 }
 
-#: The demo study, small enough for a test (the README's commands run on it as written).
+#: The shipped studies the README runs, small enough for a test (the README's commands run on
+#: them as written): small budgets and token caps, and tiny probes and confirmations.
 SMALL = {
-    "trials = 12": "trials = 4",
-    "max_tokens = 48": "max_tokens = 8",
-    "max_tokens = 96": "max_tokens = 12",
-    "repeats = 3": "repeats = 1",
+    "demo.toml": {
+        "trials = 12": "trials = 4",
+        "max_tokens = 48": "max_tokens = 8",
+        "max_tokens = 96": "max_tokens = 12",
+        "repeats = 3": "repeats = 1",
+    },
+    "llama-server-quick.toml": {
+        "trials = 8": "trials = 3",
+        "max_tokens = 48": "max_tokens = 8",
+        "max_tokens = 96": "max_tokens = 12",
+        "repeats = 2": "repeats = 1",
+    },
 }
 
 
@@ -59,17 +73,21 @@ def readme_commands() -> list[str]:
     return lines
 
 
+@pytest.mark.real
 def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     commands = readme_commands()
     assert len(commands) >= 10
     studies = tmp_path / "studies"
     shutil.copytree(ROOT / "studies", studies, ignore=shutil.ignore_patterns("*.db", "*.log"))
-    demo = studies / "demo.toml"
-    text = demo.read_text()
-    for old, new in SMALL.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    demo.write_text(text)
+    for name, small in SMALL.items():
+        text = (studies / name).read_text()
+        for old, new in small.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        (studies / name).write_text(tiny_probes(text))
+    assert {f"studies/{name}" for name in SMALL} >= {
+        c.split()[2] for c in commands if c.split()[1] == "run" and c not in NOT_HERE
+    }, "a study the README runs is run here at full size"
     ran = []
     for command in commands:
         if command in NOT_HERE or ("lmstudio" in command and "studies/lmstudio" in command):

@@ -21,11 +21,12 @@ def test_run_then_resume_on_the_real_model(write_study: WriteStudy) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     path = write_study(REAL_STUDY)
     runner = CliRunner()
-    first = runner.invoke(cli, ["run", str(path)])
+    # nothing here asserts on the confirmation (test_screening_real and test_readme do)
+    first = runner.invoke(cli, ["run", str(path), "--no-confirm"])
     assert first.exit_code == 0, first.stderr
     assert first.stdout.startswith("ran 3 trials; 3 trials, 3 complete")
 
-    second = runner.invoke(cli, ["run", str(path), "--trials", "5"])
+    second = runner.invoke(cli, ["run", str(path), "--trials", "5", "--no-confirm"])
     assert second.exit_code == 0, second.stderr
     assert second.stdout.startswith("ran 2 trials; 5 trials, 5 complete")
 

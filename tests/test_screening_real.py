@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from conftest import REAL_STUDY, WriteStudy, open_backend
+from conftest import REAL_STUDY, WriteStudy, open_backend, tiny_probes
 from sweeper import config as studyfile
 from sweeper import records, screening
 from sweeper.backends import Backend
@@ -50,7 +50,8 @@ def test_probes_reach_the_depths_the_workloads_reach(backend: Backend) -> None:
 
 
 def test_a_staged_sweep_on_the_real_model(write_study: WriteStudy) -> None:
-    path = write_study(REAL_STUDY.replace("screening = false", "screening = true\npromote = 1"))
+    staged = REAL_STUDY.replace("screening = false", "screening = true\npromote = 1")
+    path = write_study(tiny_probes(staged))
     result = CliRunner().invoke(cli, ["run", str(path), "--trials", "4"])
     assert result.exit_code == 0, result.stderr
     assert "screened," in result.stdout.splitlines()[0]

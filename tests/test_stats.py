@@ -51,17 +51,20 @@ def test_identical_configs_give_no_verdict_at_the_nominal_rate() -> None:
 
 
 def test_a_higher_level_makes_chance_verdicts_rare() -> None:
+    """500 A/A comparisons (benchmarks/stats_calibration.py runs 20,000). The bounds are those
+    of 2,000 draws recomputed for 500: 5% nominal +- 3.1 sd (sd 0.97% at 500), and at 99.9%
+    (0.5 expected) at most 4, no likelier by chance (0.02%) than 8 of 2,000."""
     rng = np.random.default_rng(4)
     false = {0.95: 0, 0.999: 0}
-    sims = 2000
+    sims = 500
     for _ in range(sims):
         a = rng.normal(40.0, 0.5, size=4)
         b = rng.normal(40.0, 0.5, size=4)
         for level in false:
             diff = paired_difference(a, b, level)
             false[level] += verdict(diff, True) != "no detectable difference"
-    assert 0.035 <= false[0.95] / sims <= 0.065
-    assert false[0.999] / sims <= 0.004
+    assert 0.020 <= false[0.95] / sims <= 0.080
+    assert false[0.999] <= 4
 
 
 def test_min_effect_is_a_floor() -> None:

@@ -29,7 +29,8 @@ claim one whenever their pick is not the Before).
 Noise levels (tests/rig/sim.py NOISE): "quiet" (1% per load, 0.5% per run: assumed for a
 dedicated GPU box) and "busy" (5% per load, 2% per run: this project's measured A/A spread).
 
-`python benchmarks/rig_search.py --quick` (3 seeds) or `--seeds N`; writes
+`python benchmarks/rig_search.py --quick` (3 seeds) or `--seeds N` (100 by default; a run
+cut off goes on from results/rig_search.partial.json when started again); writes
 benchmarks/results/rig_search.json (rig_search_quick.json for --quick). The noiseless optimum is
 cached in results/rig_optimum.json, keyed by the model's constants.
 """
@@ -342,24 +343,36 @@ def main() -> None:
     opt = optimum(config, truth)
     best = opt["optimum"]
     workloads = [w.name for w in config.workloads]
-    results: dict[str, Any] = {}
-    for noise in ("quiet", "busy"):
-        for kind in STRATEGIES:
-            runs = []
-            for seed in range(seeds):
+    name = "rig_search_quick.json" if args.quick else "rig_search.json"
+    partial = ROOT / "results" / name.replace(".json", ".partial.json")
+    # seeds outside, every seed's runs kept as they finish: a run cut off goes on from there
+    done: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {}
+    for seed in range(seeds):
+        for noise in ("quiet", "busy"):
+            for kind in STRATEGIES:
+                if str(seed) in done.get(noise, {}).get(kind, {}):
+                    continue
                 if kind.startswith("sweeper"):
                     cfg = dataclasses.replace(config, sampler_seed=seed)
-                    runs.append(run_sweeper(cfg, truth, best, noise, seed))
+                    run = run_sweeper(cfg, truth, best, noise, seed)
                 else:
-                    runs.append(run_simple(kind, config, truth, best, noise, seed))
-                ratios = {
-                    w: round(runs[-1]["workloads"][w]["completion_ratio"], 3) for w in workloads
-                }
+                    run = run_simple(kind, config, truth, best, noise, seed)
+                done.setdefault(noise, {}).setdefault(kind, {})[str(seed)] = run
+                ratios = {w: round(run["workloads"][w]["completion_ratio"], 3) for w in workloads}
                 print(f"{noise} {kind} seed {seed}: {ratios}", file=sys.stderr, flush=True)
-            results.setdefault(noise, {})[kind] = {
-                "summary": summary(runs, workloads),
-                "runs": runs,
-            }
+        partial.write_text(json.dumps(done, default=str) + "\n")
+        write(name, opt, done, seeds, started)
+    partial.unlink()
+
+
+def write(name: str, opt: dict[str, Any], done: dict[str, Any], seeds: int, started: float) -> None:
+    """The results of the seeds every strategy has finished (all of them at the end)."""
+    complete = min(len(runs) for r in done.values() for runs in r.values())
+    workloads = list(opt["optimum"])
+    results = {
+        n: {k: [runs[str(i)] for i in range(complete)] for k, runs in r.items()}
+        for n, r in done.items()
+    }
     out = {
         "benchmark": "sweeper's search on the article's PC, SIMULATED "
         "(tests/rig rig model; no real engine ran)",
@@ -367,16 +380,17 @@ def main() -> None:
         "rig": RIG,
         "study": STUDY.name,
         "budget_simulated_hours": BUDGET_S / 3600,
-        "seeds": seeds,
+        "seeds": complete,
+        "seeds_asked": seeds,
         "noise": {k: NOISE[k].__dict__ for k in ("quiet", "busy")},
         "optimum": opt,
-        "results": {n: {k: v["summary"] for k, v in r.items()} for n, r in results.items()},
-        "runs": {n: {k: v["runs"] for k, v in r.items()} for n, r in results.items()},
-        "wall_s_busy_machine": round(time.perf_counter() - started, 1),
+        "results": {
+            n: {k: summary(runs, workloads) for k, runs in r.items()} for n, r in results.items()
+        },
+        "runs": results,
+        "wall_s_last_invocation_busy_machine": round(time.perf_counter() - started, 1),
     }
-    name = "rig_search_quick.json" if args.quick else "rig_search.json"
     (ROOT / "results" / name).write_text(json.dumps(out, indent=1, default=str) + "\n")
-    print(json.dumps(out["results"], indent=1))
 
 
 if __name__ == "__main__":

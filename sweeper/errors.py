@@ -30,6 +30,9 @@ class FailureReason(enum.StrEnum):
     #: the sweeper process running the trial was killed (kill -9, the service crashed): run
     #: again at the next start on that machine, without waiting for the heartbeat's grace
     KILLED = "killed"
+    #: the engine went away during the trial (quit, crashed, restarted, the model unloaded by
+    #: someone else): not a property of the settings, so a FAIL trial, measured again
+    ENGINE_LOST = "engine_lost"
 
     @property
     def meaning(self) -> str:
@@ -55,6 +58,8 @@ _MEANINGS = {
     FailureReason.INTERRUPTED: "stopped by Ctrl-C or SIGTERM; it runs again on resume",
     FailureReason.KILLED: "its sweeper process was killed (kill -9, a crash of the service); it "
     "runs again on resume",
+    FailureReason.ENGINE_LOST: "the engine went away during the trial (quit, crashed, restarted, "
+    "or the model was unloaded by someone else); it is measured again once the engine is back",
 }
 
 
@@ -93,3 +98,16 @@ class LoadError(TrialFailure):
 
 class GenerationError(TrialFailure):
     """The model loaded but a generation failed."""
+
+
+class EngineLost(TrialFailure):
+    """The engine went away during a trial: the trial says nothing about its settings and is
+    measured again once the engine is back."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(FailureReason.ENGINE_LOST, detail)
+
+
+class EngineAway(SweeperError):
+    """The engine did not come back within the wait, or came back as another engine: the
+    sweep stops, keeping every completed trial; the same command resumes it."""

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from sweeper.workloads import Sampling, Workload
 
 log = logging.getLogger("sweeper")
+#: Times a run that overlapped another model's load or unload (LM Studio) is measured again
+#: before it is kept, marked ``disturbed`` in its backend stats.
+DISTURBED_REDO = 2
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,17 @@ def measure_workloads(
         warm: list[Run] = []
         runs: list[Run] = []
         short = dataclasses.replace(w, max_tokens=min(w.max_tokens, warmup_tokens or w.max_tokens))
-        i = 0
+        i = redone = 0
         while i < warmup + repeats or (adaptive and adaptive.more(w.name, runs)):
             run = backend.generate(short if i < warmup else w, sampling)
+            disturbed = run.backend_stats.get("disturbed") if i >= warmup else None
+            if disturbed and redone < DISTURBED_REDO:  # another model's load shared the machine
+                redone += 1
+                log.warning("%s run %d disturbed (%s): measured again", w.name, i, disturbed)
+                continue
+            if redone:  # kept: this run is clean, or still disturbed and marked so
+                stats = {**run.backend_stats, "measured_again_after_disturbance": redone}
+                run, redone = dataclasses.replace(run, backend_stats=stats), 0
             (warm if i < warmup else runs).append(run)
             log.debug(
                 "%s run %d: %.1f tok/s, ttft %.3f s, %d tokens",

@@ -43,6 +43,10 @@ class ProgressBar:
             self.bar.set_description(f"loading {args[0]:.0%}")
         elif kind == "loaded":
             self.bar.set_description(f"loaded in {args[0]:.1f}s")
+        elif kind == "waiting":  # the engine went away: (its name, since HH:MM)
+            self.bar.set_description(f"waiting for {args[0]} since {args[1]}")
+        elif kind == "engine back":
+            self.bar.set_description(f"{args[0]} is back; measuring again")
         elif kind == "run":
             workload, index, run = args
             assert isinstance(run, Run)
@@ -82,6 +86,9 @@ class JsonProgress:
 
     def on_progress(self, kind: str, *args: Any) -> None:
         if kind == "loading":  # the bar's percentages would be lines with nothing new
+            return
+        if kind in ("waiting", "engine back"):
+            self.emit("progress", kind=kind, stage=self.stage_name, engine=args[0], since=args[1])
             return
         self.emit("progress", kind=kind, stage=self.stage_name)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import tempfile
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sweeper import screening, system
 from sweeper.backends import Backend, backend_class, create_backend
-from sweeper.errors import TrialFailure
+from sweeper.backends.neighbours import Neighbours
+from sweeper.errors import EngineLost, FailureReason, SweeperError, TrialFailure
 from sweeper.measure import Adaptive, measure_workloads, timed
 from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.memory import gpu_memory_used_mb
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 #: Progress callback: ("loading", fraction), ("loaded", load_s), ("run", workload name, run
 #: index, Run) or ("screening",).
 Progress = Callable[..., None]
+log = logging.getLogger("sweeper")
 
 _OOM_PATTERNS = re.compile(
     r"out of memory|insufficient memory|failed to allocate|cannot allocate|unable to allocate"
@@ -44,9 +47,17 @@ _OOM_PATTERNS = re.compile(
 )
 
 
-class WorkerError(RuntimeError):
+class WorkerError(SweeperError):
     """The worker hit an unexpected exception: a bug in sweeper or a backend, not a trial result.
-    The message is the worker's traceback."""
+    One line for the screen; the worker's traceback goes to the log (``traceback``)."""
+
+    def __init__(self, traceback_text: str) -> None:
+        last = traceback_text.strip().splitlines()[-1] if traceback_text.strip() else "?"
+        super().__init__(
+            f"internal error in the trial worker ({last[:200]}); the trial is marked FAIL and "
+            "completed trials are kept; please report this with the traceback from the log"
+        )
+        self.traceback = traceback_text
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ def measure(
     measures_own_memory: bool,
 ) -> TrialOutcome:
     on_load = (lambda fraction: progress("loading", fraction)) if progress else None
+    neighbours = Neighbours() if getattr(backend, "notes_neighbours", False) else None
     applied, load_s = timed(lambda: backend.load(settings, on_load))
     if progress:
         progress("loaded", load_s)
@@ -181,6 +193,9 @@ def measure(
     said = backend.unload()
     if said:  # the engine's last words (llama-server: its memory breakdown per device)
         applied = {**applied, "on_unload": said}
+    busy = neighbours.heavy() if neighbours else []
+    if busy:  # a warning on the trial: they shared the CPU its numbers depend on
+        applied = {**applied, "busy_processes": busy}
     return TrialOutcome(
         applied=applied,
         load_s=load_s,
@@ -228,10 +243,16 @@ def run_in_child(
                 kind = message[0]
                 if kind == "done":
                     outcome: TrialOutcome = message[1]
+                    if outcome.applied.get("busy_processes"):
+                        busy = "; ".join(outcome.applied["busy_processes"])
+                        log.warning("busy outside sweeper during this trial: %s", busy)
                     return outcome
                 if kind == "failure":
+                    if message[1] == FailureReason.ENGINE_LOST:
+                        raise EngineLost(message[2])
                     raise TrialFailure(*_classify(message[1], message[2], log_path))
                 if kind == "error":
+                    log.info("trial worker traceback (a bug: please report it):\n%s", message[1])
                     raise WorkerError(message[1])
                 if progress:
                     progress(*message)

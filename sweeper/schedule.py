@@ -20,6 +20,7 @@ from sweeper.recommend import expected_completion_s
 from sweeper.records import FULL, SCREEN, Tag, TrialRecord
 from sweeper.settings import LoadSettings, check_value
 
+_RETRIED = (FailureReason.INTERRUPTED, FailureReason.KILLED, FailureReason.ENGINE_LOST)
 #: A baseline re-run this much slower or faster (and outside the noise) is drift.
 DRIFT_MIN = 0.03
 
@@ -86,14 +87,13 @@ def surplus(recs: Sequence[TrialRecord], number: int, limit: int) -> bool:
 
 
 def retries(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Trials interrupted (Ctrl-C, SIGTERM) or killed and not yet run again (once)."""
+    """Trials interrupted (Ctrl-C, SIGTERM), killed or cut off by an engine that did not come
+    back, and not yet run again (once)."""
     retried = {r.retry_of for r in recs}
     return [
         r
         for r in recs
-        if r.state == TrialState.FAIL
-        and r.number not in retried
-        and r.failure_reason in (FailureReason.INTERRUPTED, FailureReason.KILLED)
+        if r.state == TrialState.FAIL and r.number not in retried and r.failure_reason in _RETRIED
     ]
 
 

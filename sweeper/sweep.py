@@ -8,13 +8,11 @@ the repeats). Constraints (feasible when <= 0), set on every trial:
   the token cap, so a "faster" run is not merely a shorter one;
 - ``diverged:<workload>``: output differing from the baseline's before ``min_prefix_chars``.
 Infeasible trials are COMPLETE with dominated placeholder values (0 tok/s, 3600 s), never FAIL:
-the sampler learns to avoid them, and a FAIL is reserved for an interrupted trial.
-"""
+the sampler learns to avoid them; a FAIL is an interrupted trial or one whose engine was lost."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -28,15 +26,15 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import fingerprint, guards, records, schedule, storage, studyrecord, system
+from sweeper import fingerprint, guards, outage, records, schedule, storage, studyrecord, system
 from sweeper.backends import backend_class
 from sweeper.config import StudyConfig
-from sweeper.errors import FailureReason, TrialFailure
+from sweeper.errors import EngineAway, FailureReason, TrialFailure
 from sweeper.fronts import pareto_front, points
 from sweeper.measure import Adaptive
 from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.records import FULL, SCREEN, StoredWorkload, Tag
-from sweeper.runner import ChildProcessRunner, Progress, Runner, TrialPlan, worker_spec
+from sweeper.runner import Progress, Runner, TrialPlan, worker_spec
 from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings, invalid_combination, same_value
 
@@ -121,8 +119,7 @@ class Sweep:
         return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
 
     def _deadline(self, start: float, timeout_s: float | None) -> Callback:
-        """Stop sampling when what is left of ``timeout_s`` is only enough for the finalists
-        and the confirmation (the plan's reserve, from the baseline's measured speeds)."""
+        """Stop sampling when only the reserve for the finalists and the confirmation is left."""
 
         def check(study: optuna.Study, trial: FrozenTrial) -> None:
             reserve = schedule.reserve_s(self.config, records.load(study))
@@ -206,8 +203,7 @@ class Sweep:
         )
 
     def _enqueue_retries(self, study: optuna.Study) -> None:
-        """Trials interrupted by Ctrl-C, or whose sweeper process on this machine was killed,
-        run again, once, when the sweep resumes."""
+        """Trials interrupted, cut off by a lost engine, or killed here run again, once."""
         recs = records.load(study)
         for r in schedule.orphans(recs, socket.gethostname(), system.process_alive):
             log.warning("trial %d: the process that ran it (%s) is gone", r.number, r.worker)
@@ -218,9 +214,11 @@ class Sweep:
     def objective(self, trial: optuna.Trial, limit: int | None = None) -> list[float]:
         try:
             return self._objective(trial, limit)
-        except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM anywhere in the trial: marked so that the next run retries it
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: marked so that the next run retries it
             records.interrupted(trial)
+            raise
+        except EngineAway:  # the engine did not come back: the next run retries it too
+            trial.set_user_attr("failure_reason", str(FailureReason.ENGINE_LOST))
             raise
 
     def _objective(self, trial: optuna.Trial, limit: int | None) -> list[float]:
@@ -379,15 +377,17 @@ def prepare(
     storage_url: str | None = None,
     host: str | None = None,
     allow_mixed_hardware: bool = False,
+    engine_wait_s: float | None = None,
 ) -> tuple[Sweep, optuna.Study]:
     """Everything a sweep needs before its first trial, each check failing with one line:
     the backend and model, the storage, the study's identity and the machine."""
     spec = worker_spec(config, host)
     engine = backend_class(config.backend).engine_version(dict(spec.options))
     machine = fingerprint.machine(config.backend, spec.model, engine)
-    timeout = config.budget.trial_timeout_s
-    sweep = Sweep(config, ChildProcessRunner(spec, timeout), storage_url, machine)
-    sweep.round_runner = ChildProcessRunner(dataclasses.replace(spec, repeats=1), timeout)
+    # a trial cut off by an engine that went away waits up to engine_wait_s for it, then reruns
+    runner, rounds = outage.runners(spec, config.budget.trial_timeout_s, engine, engine_wait_s)
+    sweep = Sweep(config, runner, storage_url, machine)
+    sweep.round_runner = rounds
     study = sweep.open()
     storage.check_machine(study, machine, allow_mixed_hardware)
     return sweep, study

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import warnings
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import optuna
@@ -11,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FAKE_STUDY, WriteStudy
+from sweeper.backends import lmstudio_host
 from sweeper.cli import cli
 
 
@@ -72,6 +77,7 @@ def test_resume_to_five(write_study: WriteStudy) -> None:
     assert code == 0 and out.startswith("ran 3 trials; 5 trials, 5 complete")
 
 
+LMSTUDIO = {'backend = "fake"': 'backend = "lmstudio"'}
 ERRORS = [
     (
         ["run", "{path}"],
@@ -116,15 +122,87 @@ ERRORS = [
         "is not installed: pip install 'mysqlclient' (or name an installed driver in the URL, "
         "e.g. postgresql+psycopg2://)\n",
     ),
+    *[
+        (
+            ["run", "{path}", "--host", given],
+            LMSTUDIO,
+            f"error: LM Studio is not reachable at {shown}; start its server with `lms server "
+            "start` (or in LM Studio: Developer > Start Server), or give --host HOST:PORT\n",
+        )
+        for given, shown in (
+            ("http://127.0.0.1:9", "127.0.0.1:9"),  # as LM Studio shows its address
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("localhost:9", "localhost:9"),
+            ("[::1]:9", "[::1]:9"),
+            ("localhost", "localhost:1234"),  # LM Studio's default port
+        )
+    ],
+    (
+        ["run", "{path}", "--host", "http://127.0.0.1:9/v1/models"],
+        LMSTUDIO,
+        "error: 'http://127.0.0.1:9/v1/models' is not an address of LM Studio's server: give "
+        "host:port as its Developer page shows it, e.g. http://127.0.0.1:1234, localhost:1234 or "
+        "[::1]:1234\n",
+    ),
+    (
+        ["run", "{path}", "--host", "{html}"],
+        LMSTUDIO,
+        "error: {html} answers, but not as LM Studio (HTTP 200, text/html): another program "
+        "holds that port; give LM Studio's server address (its Developer page shows it) with "
+        "--host HOST:PORT\n",
+    ),
+    (
+        ["run", "{path}", "--host", "{silent}"],
+        LMSTUDIO,
+        "error: something at {silent} accepted the connection but did not answer within 0.5 s; "
+        "is LM Studio's server (still) starting, or is another program listening on that port? "
+        "Give LM Studio's address with --host HOST:PORT\n",
+    ),
 ]
+
+
+@pytest.fixture(scope="module")
+def other_servers() -> Iterator[dict[str, str]]:
+    """Not LM Studio on a port: a web server answering HTML, and a socket that never answers."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>not LM Studio</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    html = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=html.serve_forever, daemon=True).start()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever reads them
+        yield {
+            "html": f"127.0.0.1:{html.server_address[1]}",
+            "silent": f"127.0.0.1:{silent.getsockname()[1]}",
+        }
+    html.shutdown()
+    html.server_close()
 
 
 @pytest.mark.parametrize(("args", "replace", "expected"), ERRORS)
 def test_errors_are_one_line_and_exit_2(
-    write_study: WriteStudy, tmp_path: Path, args: list[str], replace: dict[str, str], expected: str
+    write_study: WriteStudy,
+    tmp_path: Path,
+    other_servers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    replace: dict[str, str],
+    expected: str,
 ) -> None:
+    monkeypatch.setattr(lmstudio_host, "PROBE_TIMEOUT_S", 0.5)
     path = write_study(FAKE_STUDY, **replace)
-    fill = {"path": str(path), "db": str(tmp_path.resolve() / "fake.db")}
+    fill = {"path": str(path), "db": str(tmp_path.resolve() / "fake.db"), **other_servers}
     code, out, err = invoke(*[a.format(**fill) for a in args])
     assert code == 2
     assert out == ""

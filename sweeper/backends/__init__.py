@@ -95,6 +95,12 @@ class BackendBase:
         return None
 
     @classmethod
+    def engine_reachable(cls, options: dict[str, Any]) -> bool:
+        """Whether the engine a trial needs answers now (a server sweeper does not start);
+        True for engines sweeper starts itself."""
+        return True
+
+    @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:
         """Check the model (and server) before any trial exists; return the constructor's
         keyword arguments for the workers (``model`` among them)."""

@@ -69,6 +69,8 @@ def _errors(stage: str) -> Iterator[None]:
 
 class LlamaCppBackend(BackendBase):
     name: ClassVar[str] = "llama.cpp"
+    #: heavy processes outside sweeper's tree are noted on the trial (it shares their CPU)
+    notes_neighbours: ClassVar[bool] = True
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers", *LMSTUDIO_ONLY}
     unsupported_why: ClassVar[Mapping[str, str]] = {
         **LMSTUDIO_ONLY,

@@ -11,15 +11,17 @@ reason (``oom`` from its log's allocation failures, else ``load_failed``) and it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +30,7 @@ import httpx
 from sweeper import reasoning, system
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.backends.llamacpp import FAMILY_TURNS, LlamaCppBackend
-from sweeper.errors import BackendUnavailable, GenerationError, LoadError
+from sweeper.errors import BackendUnavailable, GenerationError, LoadError, TrialFailure
 from sweeper.measurement import Run
 from sweeper.settings import LMSTUDIO_ONLY, PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
@@ -104,6 +106,8 @@ def _free_port() -> int:
 
 class LlamaServerBackend(BackendBase):
     name: ClassVar[str] = "llama-server"
+    #: heavy processes outside sweeper's tree are noted on the trial (it shares their CPU)
+    notes_neighbours: ClassVar[bool] = True
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - set(LMSTUDIO_ONLY)
     unsupported_why = LMSTUDIO_ONLY
     #: the engine is the server process: the worker's own memory says nothing about it
@@ -171,9 +175,33 @@ class LlamaServerBackend(BackendBase):
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._wait_healthy()
-        props = self._client.get("/props").json()
+        client = self._client
+        props = self._call("/props", lambda: client.get("/props").json(), LoadError)
         self._prompt_format = self._format(props)
         return self.applied(settings, props)
+
+    def _call(self, what: str, request: Callable[[], Any], failure: type[TrialFailure]) -> Any:
+        """One request to the server, failing with a named reason: the server died, the
+        connection dropped, or the reply is not what llama-server sends."""
+        try:
+            return request()
+        except httpx.HTTPError as exc:
+            raise self._lost(what, exc, failure) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = "load_failed" if failure is LoadError else "generation_failed"
+            raise failure(
+                reason, f"llama-server {what}: a reply sweeper cannot read: {exc}"
+            ) from exc
+
+    def _lost(self, what: str, exc: Exception, failure: type[TrialFailure]) -> TrialFailure:
+        process = self._server.process if self._server else None
+        with contextlib.suppress(subprocess.TimeoutExpired, AttributeError):
+            process.wait(1)  # type: ignore[union-attr]  # a dying server: let it finish
+        if process is not None and process.returncode is None:
+            return failure("disconnected", f"llama-server {what}: {exc}")
+        tail = " | ".join(ln.strip() for ln in self._read_log().splitlines()[-3:] if ln.strip())
+        code = process.returncode if process else None
+        return failure("crashed", f"llama-server exited ({code}) during {what}: {exc}; {tail}")
 
     def _wait_healthy(self) -> None:
         assert self._server is not None and self._client is not None
@@ -276,8 +304,13 @@ class LlamaServerBackend(BackendBase):
             body: dict[str, Any] = {"messages": messages}
             if reasoning_effort:  # the server hands it to the template (checked in prepare)
                 body["reasoning_effort"] = reasoning_effort
-            reply = self._client.post("/apply-template", json=body)
-            return str(reply.json()["prompt"])
+            client = self._client
+            reply = self._call(
+                "/apply-template",
+                lambda: client.post("/apply-template", json=body).json()["prompt"],
+                GenerationError,
+            )
+            return str(reply)
         if self._prompt_format in FAMILY_TURNS:
             return FAMILY_TURNS[self._prompt_format].format(user=user)
         return user
@@ -313,8 +346,7 @@ class LlamaServerBackend(BackendBase):
                 if chunk.get("stop"):
                     final = chunk
         except httpx.HTTPError as exc:
-            reason = "disconnected" if self._server.alive() else "crashed"
-            raise GenerationError(reason, f"llama-server: {exc}") from exc
+            raise self._lost("/completion", exc, GenerationError) from exc
         end = time.perf_counter()
         timings = final.get("timings", {})
         prompt_tokens = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))

@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import difflib
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweeper import reasoning
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf, lmstudio_sdk
+from sweeper.backends.lmstudio_errors import EVICTED, errors
+from sweeper.backends.lmstudio_host import find_host as find_host  # the service calls it here
+from sweeper.backends.lmstudio_host import reachable
+from sweeper.backends.lmstudio_host import sdk as _sdk
 from sweeper.errors import (
     BackendUnavailable,
+    EngineLost,
     GenerationError,
     LoadError,
     StudyFileError,
@@ -29,8 +33,6 @@ from sweeper.workloads import Sampling, Workload
 if TYPE_CHECKING:
     import lmstudio
 
-#: LM Studio's usual local server, tried after the SDK's own port discovery.
-DEFAULT_HOST = "127.0.0.1:1234"
 IDENTIFIER_PREFIX = "sweeper-"
 #: Seconds the sync API may wait between messages (a long load sends few).
 SYNC_TIMEOUT_S = 3600
@@ -66,43 +68,6 @@ STOP_REASONS = {
     "stopStringFound": "stop_string",
     "userStopped": "cancelled",
 }
-
-
-def _sdk() -> Any:
-    try:
-        import lmstudio
-    except ImportError as exc:
-        raise BackendUnavailable("the lmstudio SDK is not installed; run `make install`") from exc
-    return lmstudio
-
-
-def _unreachable(host: str | None) -> BackendUnavailable:
-    where = f"at {host}" if host else f"on this machine (SDK port discovery, then {DEFAULT_HOST})"
-    return BackendUnavailable(
-        f"LM Studio is not reachable {where}; start its server with `lms server start` "
-        "(or in LM Studio: Developer > Start Server), or give --host HOST:PORT"
-    )
-
-
-def find_host(host: str | None) -> str:
-    """The API host to use: the given one if it answers, else LM Studio's usual ones."""
-    lms = _sdk()
-    if host is not None:
-        import httpx  # the SDK's transport: a malformed host is its InvalidURL
-
-        try:
-            valid = lms.Client.is_valid_api_host(host)
-        except httpx.InvalidURL as exc:
-            raise BackendUnavailable(f"{host!r} is not a host:port for LM Studio ({exc})") from None
-        if not valid:
-            raise _unreachable(host)
-        return host
-    found = lms.Client.find_default_local_api_host()
-    if found:
-        return str(found)
-    if lms.Client.is_valid_api_host(DEFAULT_HOST):
-        return DEFAULT_HOST
-    raise _unreachable(None)
 
 
 def downloaded_models(host: str) -> dict[str, Any]:
@@ -169,32 +134,6 @@ def preset_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str
     return out
 
 
-@contextlib.contextmanager
-def _errors(stage: str) -> Iterator[None]:
-    """The SDK's exceptions as sweeper's, in one place: a load's and a generation's."""
-    lms = _sdk()
-    failure = LoadError if stage == "load" else GenerationError
-    try:
-        yield
-    except lms.LMStudioModelNotFoundError as exc:
-        reason = "load_failed" if stage == "load" else "generation_failed"
-        raise failure(reason, f"LM Studio: model not found: {exc}") from exc
-    except lms.LMStudioServerError as exc:
-        text = str(exc)
-        if stage == "load":
-            reason = "oom" if "memory" in text.lower() else "load_failed"
-        else:
-            reason = "generation_failed"
-        raise failure(reason, f"LM Studio: {text}") from exc
-    except lms.LMStudioTimeoutError as exc:
-        raise failure("timeout", f"LM Studio: {exc}") from exc
-    except lms.LMStudioWebsocketError as exc:
-        raise failure("disconnected", f"LM Studio: {exc}") from exc
-    except lms.LMStudioError as exc:
-        reason = "disconnected" if stage == "load" else "generation_failed"
-        raise failure(reason, f"LM Studio: {exc}") from exc
-
-
 def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
     """Applied wire fields -> canonical names (what LM Studio says it applied)."""
     applied: dict[str, Any] = {}
@@ -226,12 +165,18 @@ class LMStudioBackend(BackendBase):
         self.n_layers = n_layers
         self._client: lmstudio.Client | None = None
         self._model: Any = None
+        self._host: str | None = None
+        self._identifier: str | None = None
 
     @classmethod
     def engine_version(cls, options: dict[str, Any]) -> str | None:
         from sweeper.backends.lmstudio_engine import engine  # it finds LM Studio through here
 
         return engine(options.get("host"))
+
+    @classmethod
+    def engine_reachable(cls, options: dict[str, Any]) -> bool:
+        return reachable(options["host"])
 
     @classmethod
     def prepare(cls, target: Target) -> dict[str, Any]:
@@ -273,12 +218,41 @@ class LMStudioBackend(BackendBase):
         if self._client is None:
             lms.set_sync_api_timeout(SYNC_TIMEOUT_S)
             try:
-                self._client = lms.Client(find_host(self.host))
+                self._host = find_host(self.host)
+                self._client = lms.Client(self._host)
                 self._client.__enter__()
-            except lms.LMStudioError as exc:
+            except (BackendUnavailable, lms.LMStudioError, OSError) as exc:
                 self._client = None
-                raise LoadError("load_failed", f"cannot connect to LM Studio: {exc}") from exc
+                raise EngineLost(f"cannot connect to LM Studio: {exc}") from exc
         return self._client
+
+    def _gone(self, exc: Exception) -> EngineLost | None:
+        """Why LM Studio is gone, if it is: not answering, or answering without sweeper's
+        instance (a restart, or someone unloaded it); None for a connection that merely
+        dropped."""
+        host = self._host
+        if host is None:
+            return None
+        if not reachable(host):
+            return EngineLost(
+                f"LM Studio stopped answering at {host} (quit, crashed or restarting)"
+            )
+        if self._identifier is None:
+            return None
+        lms = _sdk()
+        try:
+            with lms.Client(host) as client:
+                loaded = {h.identifier for h in client.llm.list_loaded()}
+        except (lms.LMStudioError, BackendUnavailable, OSError) as again:
+            return EngineLost(f"LM Studio at {host} stopped answering: {again}")
+        return None if self._identifier in loaded else EngineLost(f"{EVICTED}: {exc}")
+
+    def _others(self) -> set[str]:
+        """What else LM Studio has loaded (other models, other apps' instances)."""
+        assert self._client is not None
+        return {
+            h.identifier for h in self._client.llm.list_loaded() if h.identifier != self._identifier
+        }
 
     def load(
         self, settings: LoadSettings, on_progress: LoadProgress | None = None
@@ -286,13 +260,15 @@ class LMStudioBackend(BackendBase):
         client = self._connect()
         config, raw = to_config(settings, self.n_layers)
         identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
-        with _errors("load"):
+        with errors("load", self._gone):
             self._unload_ours(client)
             self._model = lmstudio_sdk.load_with_raw_fields(
                 client, self.model_key, identifier, config, raw, on_progress
             )
+            self._identifier = identifier
             fields = lmstudio_sdk.raw_load_config(client, identifier)
             context = self._model.get_context_length()
+            others = sorted(self._others())
         applied = from_wire(fields, self.n_layers)
         applied["context_length"] = context
         applied["lmstudio"] = {
@@ -300,6 +276,8 @@ class LMStudioBackend(BackendBase):
             "model": self.model_key,
             "raw_fields_sent": raw,
             "fields": fields,
+            # another model resident beside the measured one shares the GPU and the memory
+            "others_loaded": others,
         }
         return applied
 
@@ -309,6 +287,7 @@ class LMStudioBackend(BackendBase):
             if handle.identifier.startswith(IDENTIFIER_PREFIX):
                 handle.unload()
         self._model = None
+        self._identifier = None
 
     def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         lms = _sdk()
@@ -333,7 +312,8 @@ class LMStudioBackend(BackendBase):
         answer_at: int | None = None
         untyped = reasoning.Split()  # a model whose reasoning LM Studio does not parse
         start = time.perf_counter()
-        with _errors("generate"):
+        with errors("generate", self._gone):
+            before = self._others()
             stream = lmstudio_sdk.respond_stream_with_raw_fields(self._model, chat, config, raw)
             for fragment in stream:
                 now = time.perf_counter()
@@ -348,8 +328,11 @@ class LMStudioBackend(BackendBase):
                     untyped.add(fragment.content)
                 times.extend([now] * n)
             result = stream.result()
-        end = time.perf_counter()
+            end = time.perf_counter()
+            changed = sorted(before ^ self._others())
         s = result.stats
+        if s.stop_reason == "modelUnloaded":
+            raise EngineLost(EVICTED)
         if typed:
             reasoning_tokens, answered, text = typed, answer_at is not None, "".join(answer)
         else:  # no typed fragments: the tags, if any, are in the text
@@ -367,6 +350,8 @@ class LMStudioBackend(BackendBase):
             "reasoning_parsed_by": "lmstudio" if typed else "sweeper",
             "raw_prediction_fields_sent": raw,
         }
+        if changed:  # another model loaded or unloaded while this one was measured
+            stats["disturbed"] = f"LM Studio loaded or unloaded {', '.join(changed)} meanwhile"
         return Run.from_timestamps(
             start,
             times,
@@ -385,13 +370,14 @@ class LMStudioBackend(BackendBase):
                 self._model.unload()
             except _sdk().LMStudioError:
                 pass  # the server may already have dropped it; the next load unloads leftovers
-            self._model = None
+            self._model = self._identifier = None
         return {}
 
     def close(self) -> None:
         self.unload()
         if self._client is not None:
-            self._client.__exit__(None, None, None)
+            with contextlib.suppress(_sdk().LMStudioError, OSError):  # LM Studio may be gone
+                self._client.__exit__(None, None, None)
             self._client = None
 
     def __exit__(self, *exc: object) -> None:

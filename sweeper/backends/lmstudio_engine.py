@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sweeper import system
 from sweeper.backends import lmstudio_sdk
-from sweeper.backends.lmstudio import _sdk, find_host
+from sweeper.backends.lmstudio_host import find_host
+from sweeper.backends.lmstudio_host import sdk as _sdk
 from sweeper.errors import SweeperError
 
 

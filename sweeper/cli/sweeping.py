@@ -14,7 +14,7 @@ import optuna
 
 from sweeper import compare as comparison
 from sweeper import config as config_file
-from sweeper import confirm, fingerprint, fronts, plan, records, stats, sweep, terminal
+from sweeper import confirm, fingerprint, fronts, outage, plan, records, stats, sweep, terminal
 from sweeper.backends import backend_class
 from sweeper.cli.common import (
     CONFIG_HELP,
@@ -32,13 +32,19 @@ from sweeper.cli.common import (
     study_command,
 )
 from sweeper.config import StudyConfig
-from sweeper.errors import StorageError, TrialFailure
+from sweeper.errors import EngineAway, StorageError, TrialFailure
 from sweeper.progress import JsonProgress, ProgressBar
 from sweeper.recommend import for_study
-from sweeper.runner import ChildProcessRunner, Runner, WorkerError, worker_spec
+from sweeper.runner import Runner, WorkerError, worker_spec
 from sweeper.storage import open_study, redact
 
 log = logging.getLogger("sweeper")
+engine_wait_option = click.option(
+    "--engine-wait",
+    default="15m",
+    metavar="DURATION",
+    help="How long to wait for an engine (LM Studio) that went away before stopping.",
+)
 
 
 @click.command()
@@ -50,6 +56,7 @@ log = logging.getLogger("sweeper")
 @click.option("--allow-mixed-hardware", is_flag=True, help="Join a study of another machine.")
 @click.option("--confirm/--no-confirm", "confirm_at_end", default=True, help=CONFIRM_HELP)
 @click.option("--progress", type=click.Choice(["bar", "json"]), default="bar", hidden=True)
+@engine_wait_option
 def run(
     study_file: str,
     storage: str | None,
@@ -59,13 +66,15 @@ def run(
     allow_mixed_hardware: bool,
     confirm_at_end: bool,
     progress: str,
+    engine_wait: str,
 ) -> None:
     """Run (or resume) the sweep described by STUDY.toml, then confirm its recommendations."""
     config = config_file.load(study_file)
     timeout_s = (
         config_file.parse_duration(timeout, "--timeout") if timeout else config.budget.timeout_s
     )
-    the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware)
+    wait_s = config_file.parse_duration(engine_wait, "--engine-wait")
+    the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware, wait_s)
     target, url = trials or config.budget.trials, redact(storage or config.storage)
     recs = records.load(study)
     speeds = plan.speeds(config, recs)
@@ -91,11 +100,11 @@ def run(
             fail(stopped)
         click.echo(f"{stopped}; confirming first (Ctrl-C again to skip)", err=True)
     except WorkerError as exc:
-        bar.close()
-        click.echo(str(exc), err=True)
+        fail(f"{exc} ({config.base_dir / config.name}.log)")
+    except EngineAway as exc:
         fail(
-            "internal error in the trial worker (traceback above); the trial is marked "
-            "FAIL and completed trials are kept; please report this"
+            f"{exc}; {records.complete(study)} complete trials are stored in {url}; "
+            "run the same command to resume"
         )
     finally:
         bar.close()
@@ -131,16 +140,21 @@ def _confirm(
         click.echo(f"confirm round {r + 1}/{config.confirm.rounds}: {label}", err=True)
 
     try:
-        confirm.confirm_study(
-            study,
-            config,
-            runner,
-            only,
-            again,
-            on_round,
-            fingerprint.short_id(machine),
-            machine.get("backend_version"),
-        )
+        with sweep.session(config):
+            confirm.confirm_study(
+                study,
+                config,
+                runner,
+                only,
+                again,
+                on_round,
+                fingerprint.short_id(machine),
+                machine.get("backend_version"),
+            )
+    except WorkerError as exc:
+        fail(f"confirmation stopped: {exc} ({config.base_dir / config.name}.log)")
+    except EngineAway as exc:
+        fail(f"confirmation stopped: {exc}; the sweep's trials are kept: run `sweeper confirm`")
     except TrialFailure as exc:
         fail(f"confirmation stopped: a configuration could not be measured: {exc}")
     except KeyboardInterrupt:
@@ -158,8 +172,14 @@ def _confirm(
     "--rounds", type=click.IntRange(min=2), metavar="N", help="Most rounds (default: the study's)."
 )
 @host_option
+@engine_wait_option
 def confirm_cmd(
-    study_file: str, storage: str | None, workload: str | None, rounds: int | None, host: str | None
+    study_file: str,
+    storage: str | None,
+    workload: str | None,
+    rounds: int | None,
+    host: str | None,
+    engine_wait: str,
 ) -> None:
     """Re-measure each recommendation side by side with the baseline, the only source of a
     claimed gain."""
@@ -169,7 +189,8 @@ def confirm_cmd(
         min_rounds = min(rounds, config.confirm.min_rounds)
         c = msgspec.structs.replace(config.confirm, rounds=rounds, min_rounds=min_rounds)
         config = replace(config, confirm=c)
-    the_sweep, study = sweep.prepare(config, storage, host, allow_mixed_hardware=True)
+    wait_s = config_file.parse_duration(engine_wait, "--engine-wait")
+    the_sweep, study = sweep.prepare(config, storage, host, True, wait_s)
     _confirm(study, config, the_sweep.round_runner, workload, again=True, machine=the_sweep.machine)
     click.echo(terminal.recommendations_text(for_study(study, config, workload)))
 
@@ -183,6 +204,7 @@ def confirm_cmd(
 @click.option("--min-effect", default=0.01, type=float, metavar="X", help=MIN_EFFECT_HELP)
 @click.option("--level", default=stats.LEVEL, type=LEVELS, metavar="P", help=LEVEL_HELP)
 @host_option
+@engine_wait_option
 @json_option
 def compare(
     study_file: str,
@@ -193,6 +215,7 @@ def compare(
     min_effect: float,
     level: float,
     host: str | None,
+    engine_wait: str,
     as_json: bool,
 ) -> None:
     """Compare configurations A/B properly: interleaved rounds, intervals and verdicts."""
@@ -205,15 +228,23 @@ def compare(
     if len(configs) < 2:
         fail("give at least two configurations (--config FILE.toml or --trial N)")
     configs = comparison.distinct(configs)
-    runner = ChildProcessRunner(worker_spec(config, host, repeats=1), config.budget.trial_timeout_s)
+    wait_s = config_file.parse_duration(engine_wait, "--engine-wait")
+    spec = worker_spec(config, host, repeats=1)
+    engine = backend_class(config.backend).engine_version(dict(spec.options))
+    _, runner = outage.runners(spec, config.budget.trial_timeout_s, engine, wait_s)
 
     def on_round(r: int, label: str) -> None:
         click.echo(f"round {r + 1}/{repeats}: {label}", err=True)
 
     try:
-        measured = comparison.run_rounds(
-            configs, [w.name for w in config.workloads], repeats, runner, on_round
-        )
+        with sweep.session(config):
+            measured = comparison.run_rounds(
+                configs, [w.name for w in config.workloads], repeats, runner, on_round
+            )
+    except WorkerError as exc:
+        fail(f"{exc} ({config.base_dir / config.name}.log)")
+    except EngineAway as exc:
+        fail(f"comparison stopped: {exc}; nothing of a comparison is stored: run it again")
     except TrialFailure as exc:
         fail(f"a configuration could not be measured: {exc.reason}: {exc.detail}")
     except KeyboardInterrupt:

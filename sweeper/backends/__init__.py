@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from sweeper.errors import BackendUnavailable, StudyFileError
 from sweeper.measurement import Run
-from sweeper.settings import LoadSettings
+from sweeper.settings import LMSTUDIO_ONLY, LoadSettings
 from sweeper.workloads import Sampling, Workload
 
 #: Called with a load's progress, 0..1, by backends that report it.
@@ -76,7 +76,7 @@ class BackendBase:
     #: Canonical settings this backend can apply; anything else is rejected before a trial.
     supported: ClassVar[frozenset[str]]
     #: Why a canonical setting outside ``supported`` cannot be applied, for the error message.
-    unsupported_why: ClassVar[Mapping[str, str]] = {}
+    unsupported_why: ClassVar[Mapping[str, str]] = LMSTUDIO_ONLY
     #: False when the engine runs elsewhere (a server), so the worker's RSS says nothing.
     measures_own_memory: ClassVar[bool] = True
     #: whether a workload's GBNF ``grammar`` reaches the engine

@@ -109,7 +109,6 @@ class LlamaServerBackend(BackendBase):
     #: heavy processes outside sweeper's tree are noted on the trial (it shares their CPU)
     notes_neighbours: ClassVar[bool] = True
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - set(LMSTUDIO_ONLY)
-    unsupported_why = LMSTUDIO_ONLY
     #: the engine is the server process: the worker's own memory says nothing about it
     measures_own_memory: ClassVar[bool] = False
     #: seconds to wait for the server to load a model

@@ -14,23 +14,37 @@ from msgspec import Meta
 
 from sweeper.backends import Target, backend_class
 from sweeper.errors import StudyFileError
-from sweeper.settings import LoadSettings
+from sweeper.settings import MAX_LAYERS, LoadSettings, shown
 from sweeper.space import SearchSpace
 from sweeper.workloads import BUILTIN_PROMPTS, Sampling, Workload, builtin
 
 Positive = Annotated[int, Meta(ge=1)]
 
+# Upper bounds of every number a study file (and so the service's forms, which write one) can
+# carry: far above any real study, low enough that no page's arithmetic overflows on them.
+MAX_TRIALS = 100_000
+#: output tokens of one generation
+MAX_TOKENS = 1 << 20
+#: characters of a prompt (a study file holds it; the form writes it there)
+MAX_PROMPT_CHARS = 200_000
+#: the longest duration (a budget, a trial's time limit): 31 days
+MAX_DURATION_S = 31 * 86400.0
+Trials = Annotated[int, Meta(ge=1, le=MAX_TRIALS)]
+Tokens = Annotated[int, Meta(ge=1, le=MAX_TOKENS)]
+Count = Annotated[int, Meta(ge=1, le=1000)]
+Prompt = Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)]
+
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[budget]``: how long the sweep and each trial may run."""
 
-    trials: Positive = 50
+    trials: Trials = 50
     timeout: str | None = None
     trial_timeout: str = "30m"
     heartbeat: str = "30s"
     heartbeat_grace: str = "2m"
     #: address-space cap for each worker, so a runaway allocation fails fast as "oom"
-    memory_limit_mb: Positive | None = None
+    memory_limit_mb: Annotated[int, Meta(ge=1, le=1 << 30)] | None = None
 
     def __post_init__(self) -> None:
         for name in ("timeout", "trial_timeout", "heartbeat", "heartbeat_grace"):
@@ -58,28 +72,28 @@ class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[measure]``: repeats, guards and drift checks."""
 
-    repeats: Positive = 3
+    repeats: Count = 3
     #: adaptive repeats: up to this many for trials near a front (None: off)
-    max_repeats: Positive | None = None
+    max_repeats: Count | None = None
     target_ci: Annotated[float, Meta(gt=0, lt=1)] = 0.02
-    warmup: Annotated[int, Meta(ge=0)] = 1
+    warmup: Annotated[int, Meta(ge=0, le=1000)] = 1
     min_output_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.9
     #: re-run the baseline every so long (a duration) or "off" (never); an integer N (older
     #: files) means every N trials and no time limit
-    drift_check: Positive | str = "1h"
+    drift_check: Trials | str = "1h"
     #: ...and after at most this many trials, whichever comes first
-    drift_check_trials: Positive = 10
-    min_prefix_chars: Annotated[int, Meta(ge=0)] = 0
+    drift_check_trials: Trials = 10
+    min_prefix_chars: Annotated[int, Meta(ge=0, le=MAX_PROMPT_CHARS)] = 0
     #: staged sweep: screen every configuration with cheap probes, measure the finalists in
     #: full (false: every trial is measured in full)
     screening: bool = True
     #: depth probes per screening, spread up to the deepest point a workload reaches
     depths: Annotated[int, Meta(ge=1, le=16)] = 5
     #: tokens each probe decodes (also the length of a warm-up run)
-    probe_tokens: Annotated[int, Meta(ge=4)] = 64
+    probe_tokens: Annotated[int, Meta(ge=4, le=MAX_TOKENS)] = 64
     #: per workload, the screened configurations measured in full: on the screening front and
     #: within ``promote_margin`` of the best expected completion time, at most this many
-    promote: Positive = 3
+    promote: Count = 3
     promote_margin: Annotated[float, Meta(ge=0, lt=1)] = 0.05
 
     def __post_init__(self) -> None:
@@ -113,11 +127,11 @@ class Confirm(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     #: at the end of ``sweeper run`` (and after Ctrl-C once a candidate beat the baseline)
     auto: bool = True
     #: the most interleaved rounds (each loads the baseline and every candidate once)
-    rounds: Annotated[int, Meta(ge=2)] = 5
+    rounds: Annotated[int, Meta(ge=2, le=1000)] = 5
     #: the earliest round at which a clear verdict ends the confirmation
-    min_rounds: Annotated[int, Meta(ge=2)] = 3
+    min_rounds: Annotated[int, Meta(ge=2, le=1000)] = 3
     #: per workload: the recommended configuration and runner-ups within its noise, at most
-    candidates: Positive = 2
+    candidates: Count = 2
     level: Annotated[float, Meta(gt=0.5, lt=1)] = 0.95
 
     def __post_init__(self) -> None:
@@ -137,10 +151,10 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 class _WorkloadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
-    prompt: str | None = None
+    prompt: Prompt | None = None
     prompt_file: str | None = None
-    system: str | None = None
-    max_tokens: Positive | None = None
+    system: Prompt | None = None
+    max_tokens: Tokens | None = None
     #: a GBNF grammar the output must follow (llama.cpp and llama-server)
     grammar: str | None = None
 
@@ -152,9 +166,10 @@ class _StudyFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     space: dict[str, Any]
     storage: str | None = None
     host: str | None = None
-    model_layers: Positive | None = None
+    model_layers: Annotated[int, Meta(ge=1, le=MAX_LAYERS)] | None = None
     server_binary: str | None = None
-    sampler_seed: int = 0
+    #: numpy's seeds are 32-bit
+    sampler_seed: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
     budget: Budget = msgspec.field(default_factory=Budget)
     measure: Measure = msgspec.field(default_factory=Measure)
     sampling: Sampling = msgspec.field(default_factory=Sampling)
@@ -307,6 +322,13 @@ def _workload(w: _WorkloadSpec, base_dir: Path) -> Workload:
             raise StudyFileError(
                 f"{where}.prompt_file: cannot read {file} ({exc.strerror})"
             ) from None
+        except UnicodeDecodeError:
+            raise StudyFileError(f"{where}.prompt_file: {file} is not UTF-8 text") from None
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise StudyFileError(
+                f"{where}.prompt_file: {len(prompt):,} characters, more than the "
+                f"{MAX_PROMPT_CHARS:,} a prompt may have"
+            )
     if prompt is None:
         if w.name not in BUILTIN_PROMPTS:
             raise StudyFileError(
@@ -336,8 +358,12 @@ def parse_duration(text: str, where: str = "duration") -> float:
             ) from None
         h, mi, s = (float(g) if g else 0.0 for g in m.groups())
         seconds = h * 3600 + mi * 60 + s
+    if seconds != seconds:
+        raise StudyFileError(f"{where}: {text!r} is not a duration; write e.g. 8h or 90m")
     if seconds <= 0:
         raise StudyFileError(f"{where}: must be longer than 0 seconds")
+    if seconds > MAX_DURATION_S:
+        raise StudyFileError(f"{where}: {shown(text)} is longer than the limit of 31 days")
     return seconds
 
 
@@ -359,11 +385,15 @@ def _readable(message: str, data: dict[str, Any]) -> str:
     at = re.match(r"@(\w+): (.*)", what)  # a field named by a struct's own check
     if at:
         where, what = f"{where}.{at.group(1)}" if where else at.group(1), at.group(2)
-    bound = re.fullmatch(r"Expected `\w+` >= (\S+)", what)
+    bound = re.fullmatch(r"Expected `\w+`(?: of length)? ([<>]=) (\S+)", what)
     if bound:
         value = _lookup(data, where)
-        what = f"must be {bound.group(1)} or more" + (
-            f", got {value!r}" if value is not None else ""
+        side = "or more" if bound.group(1) == ">=" else "or less"
+        unit = " characters" if "of length" in what else ""
+        if isinstance(value, str) and unit:
+            value = f"{len(value):,} characters"
+        what = f"must be {bound.group(2)}{unit} {side}" + (
+            f", got {shown(value) if not unit else value}" if value is not None else ""
         )
     where = re.sub(
         r"workloads\[(\d+)\]",

@@ -22,6 +22,12 @@ from sweeper.records import TrialRecord, baseline
 PREFILL_FACTOR = 20.0
 #: Tokens a workload's prompt is assumed to have before it has been measured.
 PROMPT_TOKENS = 64
+#: The highest assumed speeds a plan takes (far above any machine: a typo is said, not planned).
+MAX_ASSUMED_TOK_S = 1e6
+MAX_ASSUMED_LOAD_S = 86400.0
+#: A trial's time limit derived from a plan: this many times one full measurement, so that a
+#: slower configuration than the baseline (or a busy machine) still finishes.
+TIMEOUT_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,13 @@ def plan(
             )
     else:
         fit = target
+    limit = config.budget.trial_timeout_s
+    if full_s > limit:
+        warnings.append(
+            f"one full measurement takes {_hours(full_s)}, more than [budget] trial_timeout "
+            f"({_hours(limit)}): every trial measured in full would time out; set "
+            f'trial_timeout = "{suggested_timeout(full_s)}"'
+        )
     count = min(fit, target)
     if size is not None and count < size:
         warnings.append(
@@ -152,6 +165,43 @@ def plan(
         full_measurements=finalists + 1 if m.screening else count,
         warnings=warnings,
     )
+
+
+def suggested_timeout(full_s: float) -> str:
+    """A trial time limit for a full measurement of ``full_s``: ``TIMEOUT_MARGIN`` times it,
+    in whole minutes, at least the default 30 minutes."""
+    return f"{max(30, math.ceil(full_s * TIMEOUT_MARGIN / 60))}m"
+
+
+def baseline_overrun(
+    config: StudyConfig, recs: Sequence[TrialRecord], night: NightPlan | None
+) -> str | None:
+    """Why the study's baseline cannot finish within its trial time limit, with the fix, in
+    one line: its measured speeds say so, or it already ran past the limit; None otherwise
+    (nothing is known before the first trial)."""
+    limit = config.budget.trial_timeout_s
+    fix = f"set [budget] trial_timeout in {config.path}"
+    if night is not None and night.speeds.source == "measured" and night.full_s > limit:
+        return (
+            f"the baseline's full measurement takes {_hours(night.full_s)} here, more than "
+            f'trial_timeout ({_hours(limit)}); {fix} to "{suggested_timeout(night.full_s)}"'
+        )
+    # a baseline that ran past a limit at least as long as today's will do so again
+    timed_out = [
+        r
+        for r in recs
+        if r.is_baseline
+        and r.failure_reason == "timeout"
+        and r.datetime_start is not None
+        and r.datetime_complete is not None
+        and (r.datetime_complete - r.datetime_start).total_seconds() >= limit
+    ]
+    if night is None and timed_out:
+        return (
+            f"the baseline ran past trial_timeout ({_hours(limit)}) before; {fix} to at least "
+            f'"{suggested_timeout(limit)}" (or plan it: sweeper plan --assume-tok-s ...)'
+        )
+    return None
 
 
 def _depths(shallowest: float, deepest: float, n: int) -> list[float]:

@@ -16,6 +16,11 @@ from sweeper.errors import StudyFileError
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 #: Cache types that llama.cpp only accepts for V when flash attention is on.
 UNQUANTIZED_CACHE_TYPES = ("f32", "f16", "bf16")
+#: Upper bounds, far above any machine, so that a typo is said rather than passed to an engine
+#: (or to a page's arithmetic): tokens of context or batch, CPU threads, model layers.
+MAX_CONTEXT = 1 << 24
+MAX_THREADS = 4096
+MAX_LAYERS = 4096
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ PARAMS: dict[str, Param] = {
             "-c",
             "tokens the KV cache holds",
             low=1,
+            high=MAX_CONTEXT,
         ),
         Param(
             "gpu_offload",
@@ -66,6 +72,7 @@ PARAMS: dict[str, Param] = {
             "-b",
             "logical prompt batch",
             low=1,
+            high=MAX_CONTEXT,
         ),
         Param(
             "physical_batch_size",
@@ -75,6 +82,7 @@ PARAMS: dict[str, Param] = {
             "-ub",
             "physical (micro) batch, <= eval_batch_size",
             low=1,
+            high=MAX_CONTEXT,
         ),
         Param(
             "cpu_threads",
@@ -84,6 +92,7 @@ PARAMS: dict[str, Param] = {
             "-t",
             "CPU threads for generation",
             low=1,
+            high=MAX_THREADS,
         ),
         Param(
             "flash_attention",
@@ -143,6 +152,7 @@ PARAMS: dict[str, Param] = {
             "--n-cpu-moe",
             "MoE expert weights of the first N layers kept on the CPU",
             low=0,
+            high=MAX_LAYERS,
         ),
         Param(
             "gpu_strict_vram_cap",
@@ -209,12 +219,28 @@ def check_value(name: str, value: Any, where: str) -> None:
         raise StudyFileError(
             f"{where}.{name}: expected {param.type.__name__}, got {type(value).__name__} {value!r}"
         )
+    if value != value:  # NaN passes every comparison
+        raise StudyFileError(f"{where}.{name}: not a number")
     if param.low is not None and value < param.low:
-        raise StudyFileError(f"{where}.{name}: {value!r} is below the minimum {param.low:g}")
+        raise StudyFileError(
+            f"{where}.{name}: {shown(value)} is below the minimum {_bound(param.low)}"
+        )
     if param.high is not None and value > param.high:
-        raise StudyFileError(f"{where}.{name}: {value!r} is above the maximum {param.high:g}")
+        raise StudyFileError(
+            f"{where}.{name}: {shown(value)} is above the maximum {_bound(param.high)}"
+        )
     if param.choices is not None and value not in param.choices:
         raise StudyFileError(f"{where}.{name}: {value!r} is not one of {', '.join(param.choices)}")
+
+
+def shown(value: Any, limit: int = 24) -> str:
+    """A value as a message quotes it: a 400-digit number cut short."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "a huge number"
+    return text if len(text) <= limit + 2 else text[:limit] + "…"
+
+
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def invalid_combination(settings: LoadSettings) -> str | None:

@@ -23,10 +23,27 @@ def metric_names(workloads: list[str]) -> list[str]:
     return [m for w in workloads for m in (f"{w}_tok_s", f"{w}_ttft_s")]
 
 
+#: Query parameters of a storage URL whose values are shown: none of them carries a secret.
+#: Every other value (``password``, ``sslpassword``, MySQL's ``passwd``, a driver's own) is
+#: hidden, whatever its spelling or encoding.
+SHOWN_QUERY = frozenset(
+    {"sslmode", "connect_timeout", "application_name", "charset", "target_session_attrs"}
+    | {"timeout", "mode", "check_same_thread", "uri", "cache", "driver"}
+)
+
+
+class NoStudyYet(StorageError):
+    """The study has not been created in its storage: it has not run yet."""
+
+
 def redact(url: str) -> str:
-    """The storage URL without its password, for messages and reports."""
+    """The storage URL without its secrets, for messages, pages and reports: the password of
+    its user part, and the value of every query parameter but the harmless ones."""
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sqlalchemy.engine.make_url(url)
+        query = {k: v if k.lower() in SHOWN_QUERY else "***" for k, v in parsed.query.items()}
+        shown = parsed.set(query=query).render_as_string(hide_password=True)
+        return shown.replace("=%2A%2A%2A", "=***")
     except Exception:  # an unparsable URL has no password we can find; say nothing of it
         return "<storage URL>"
 
@@ -107,7 +124,7 @@ def open_study(
     if not create and url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if path and path != ":memory:" and not os.path.exists(path):
-            raise StorageError(f"no study yet at {path}; run `sweeper run {config.path}` first")
+            raise NoStudyYet(f"no study yet at {path}; run `sweeper run {config.path}` first")
     storage = open_storage(url, config.budget.heartbeat_s, config.budget.heartbeat_grace_s)
     names = metric_names([w.name for w in config.workloads])
     if create:
@@ -124,7 +141,7 @@ def open_study(
         try:
             study = optuna.load_study(study_name=config.name, storage=storage)
         except KeyError:
-            raise StorageError(
+            raise NoStudyYet(
                 f"no study named {config.name!r} in {redact(url)}; "
                 f"run `sweeper run {config.path}` first"
             ) from None

@@ -490,6 +490,7 @@ def test_an_engine_update_flags_the_installed_preset_and_offers_a_reconfirmation
     assert sweep["action"] == "confirm" and sweep["state"] == "queued"  # never started by itself
     assert command(Sweep(sweep["study"], action="confirm"), "py") == [
         "py",
+        "-P",
         "-m",
         "sweeper",
         "confirm",

@@ -9,11 +9,13 @@ exceptions never leave a backend.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
+from sweeper import distribution
 from sweeper.errors import BackendUnavailable, StudyFileError
 from sweeper.measurement import Run
 from sweeper.settings import LMSTUDIO_ONLY, LoadSettings
@@ -85,6 +87,8 @@ class BackendBase:
     names_lmstudio_models: ClassVar[bool] = False
     #: Constructor options used when the backend runs in a worker process.
     worker_options: ClassVar[Mapping[str, Any]] = {}
+    #: The Python modules it imports when used, each with the package to install for it
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, model: str, **options: Any) -> None:
         raise NotImplementedError
@@ -152,6 +156,19 @@ def backend_class(name: str) -> type[BackendBase]:
         ) from exc
     cls: type[BackendBase] = getattr(module, class_name)
     return cls
+
+
+def unavailable(name: str) -> str | None:
+    """Why this install cannot run backend ``name``, with what to install (None: it can):
+    asked of the backend, before a study of it is offered a Sweep button."""
+    try:
+        cls = backend_class(name)
+    except (BackendUnavailable, StudyFileError) as exc:
+        return str(exc)
+    for module, package in cls.requires:
+        if importlib.util.find_spec(module) is None:
+            return f"it needs {package}, not installed here: {distribution.install_hint(package)}"
+    return None
 
 
 def create_backend(name: str, **options: Any) -> Backend:

@@ -69,6 +69,7 @@ def _errors(stage: str) -> Iterator[None]:
 
 class LlamaCppBackend(BackendBase):
     name: ClassVar[str] = "llama.cpp"
+    requires = (("llama_cpp", "llama-cpp-python"),)
     #: heavy processes outside sweeper's tree are noted on the trial (it shares their CPU)
     notes_neighbours: ClassVar[bool] = True
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers", *LMSTUDIO_ONLY}

@@ -154,6 +154,7 @@ def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
 
 class LMStudioBackend(BackendBase):
     name: ClassVar[str] = "lmstudio"
+    requires = (("lmstudio", "lmstudio"),)
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS)
     measures_own_memory: ClassVar[bool] = False
     takes_grammar: ClassVar[bool] = False

@@ -78,8 +78,12 @@ def run(
     target, url = trials or config.budget.trials, redact(storage or config.storage)
     recs = records.load(study)
     speeds = plan.speeds(config, recs)
-    if speeds is not None:
-        click.echo(plan.summary(plan.plan(config, speeds, recs, timeout_s, target)), err=True)
+    night = plan.plan(config, speeds, recs, timeout_s, target) if speeds else None
+    overrun = plan.baseline_overrun(config, recs, night)
+    if overrun:
+        fail(overrun)
+    if night is not None:
+        click.echo(plan.summary(night), err=True)
     # Optuna logs an interrupted trial with a traceback; sweeper says it in one line instead
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     log.info("run %s: target %d trials, storage %s", config.name, target, url)
@@ -260,8 +264,18 @@ def compare(
 @study_command
 @click.option("--timeout", metavar="DURATION", help="The budget, e.g. 8h (default: the file's).")
 @click.option("--trials", type=click.IntRange(min=1), metavar="N", help="Trials to plan for.")
-@click.option("--assume-tok-s", type=float, metavar="TOK_S", help="Decode speed, until measured.")
-@click.option("--assume-load-s", type=float, metavar="SECONDS", help="Load time, until measured.")
+@click.option(
+    "--assume-tok-s",
+    type=click.FloatRange(0, plan.MAX_ASSUMED_TOK_S, min_open=True),
+    metavar="TOK_S",
+    help="Decode speed, until measured.",
+)
+@click.option(
+    "--assume-load-s",
+    type=click.FloatRange(0, plan.MAX_ASSUMED_LOAD_S),
+    metavar="SECONDS",
+    help="Load time, until measured.",
+)
 @click.option("--assume-prefill-tok-s", type=float, metavar="TOK_S", help=PREFILL_HELP)
 @json_option
 def plan_cmd(

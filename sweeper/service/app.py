@@ -17,6 +17,7 @@ from typing import Any
 import plotly
 from anyio import to_thread
 from starlette.applications import Starlette
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -29,13 +30,14 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from sweeper import config as config_file
-from sweeper import export
-from sweeper.errors import SweeperError
-from sweeper.service import forms, pages
+from sweeper import export, plan
+from sweeper.service import forms, inputs, pages
+from sweeper.service.boundary import Boundary
 from sweeper.service.events import Hub
+from sweeper.service.inputs import NUMBER, TEXT
 from sweeper.service.installs import Installs
 from sweeper.service.queue import CONFIRM, Queue, Sweep
-from sweeper.service.security import Guard, study_path
+from sweeper.service.security import Guard, NotFound, refuse_other_sites, study_path
 from sweeper.service.shared import Rigs
 from sweeper.service.supervisor import Supervisor, timeout_seconds
 
@@ -43,10 +45,21 @@ log = logging.getLogger("sweeper")
 HERE = Path(__file__).parent
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+#: what the new-sweep page's address may carry
+NEW_QUERY = {
+    "study": TEXT,
+    "trials": NUMBER,
+    "budget": TEXT,
+    "assume_tok_s": NUMBER,
+    "assume_load_s": NUMBER,
+    "models": TEXT,
+    "backend": TEXT,
+    "host": TEXT,
+    "model": TEXT,
+}
+QUEUE_FORM = {"study": TEXT, "trials": NUMBER, "budget": TEXT}
 
-
-class NotFound(SweeperError):
-    """No such sweep, study or workload."""
+__all__ = ["NotFound", "create_app"]
 
 
 class Service:
@@ -73,23 +86,7 @@ class Service:
         return s
 
     def study(self, name: str) -> Path:
-        path = study_path(self.studies, name)
-        if not path.is_file():
-            raise NotFound(f"no study file {name!r} in {self.studies}")
-        return path
-
-
-async def _form(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise forms.FormError("the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise forms.FormError("the body must be a JSON object")
-        return body
-    form = await request.form()
-    return {k: (form.getlist(k) if len(form.getlist(k)) > 1 else v) for k, v in form.items()}
+        return study_path(self.studies, name)
 
 
 def create_app(
@@ -105,27 +102,24 @@ def create_app(
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["spread"] = pages.spread_text
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=1, default=str)
+    boundary = Boundary(templates, state, service.studies)
 
     def page(template: str, data_fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def html(request: Request) -> Response:
-            try:
+            async def respond() -> Response:
                 data = await data_fn(request)
-            except SweeperError as exc:
-                status = 404 if isinstance(exc, NotFound) else 400
-                return templates.TemplateResponse(
-                    request, "error.html", {"message": str(exc)}, status_code=status
-                )
-            return templates.TemplateResponse(request, template, data)
+                return templates.TemplateResponse(request, template, data)
+
+            return await boundary.run(request, respond)
 
         return html
 
     def api(data_fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
-            try:
+            async def respond() -> Response:
                 return JSONResponse(await data_fn(request))
-            except SweeperError as exc:
-                status = 404 if isinstance(exc, NotFound) else 400
-                return JSONResponse({"error": str(exc)}, status_code=status)
+
+            return await boundary.run(request, respond)
 
         return handle
 
@@ -133,17 +127,13 @@ def create_app(
         """A POST from a form (redirect to the page to see) or a script (JSON)."""
 
         async def handle(request: Request) -> Response:
-            try:
+            async def respond() -> Response:
                 data = await data_fn(request)
-            except SweeperError as exc:
                 if request.url.path.startswith("/api/"):
-                    return JSONResponse({"error": str(exc)}, status_code=400)
-                return templates.TemplateResponse(
-                    request, "error.html", {"message": str(exc)}, status_code=400
-                )
-            if request.url.path.startswith("/api/"):
-                return JSONResponse(data)
-            return RedirectResponse(go(data), status_code=303)
+                    return JSONResponse(data)
+                return RedirectResponse(go(data), status_code=303)
+
+            return await boundary.run(request, respond)
 
         return handle
 
@@ -162,29 +152,37 @@ def create_app(
         return data | {"installs": service.installs.for_study(path.name)}
 
     async def new_data(request: Request) -> dict[str, Any]:
-        q = request.query_params
+        q = inputs.query(request, NEW_QUERY)
         files = [p.name for p in pages.study_files(service.studies)]
-        data: dict[str, Any] = {"files": files, "form": dict(q), "fields": forms.FIELDS}
+        data: dict[str, Any] = {"files": files, "form": q, "fields": forms.FIELDS}
         data["gguf"] = await to_thread.run_sync(pages.gguf_files, service.studies)
+        data["efforts"], data["margin"] = forms.EFFORTS, f"{plan.TIMEOUT_MARGIN:g}"
         if q.get("models"):  # asked for: discovering LM Studio can take a moment
-            data |= await to_thread.run_sync(pages.lmstudio_models, q.get("host"))
+            refuse_other_sites(request.headers, "connect to an LM Studio server")
+            data |= await to_thread.run_sync(pages.lmstudio_models, str(q.get("host", "")))
         # "your current settings", where the backend can say (LM Studio's default config)
-        data["current"] = forms.current_settings(q.get("backend", ""), q.get("model", ""))
+        data["current"], data["current_why"] = forms.current_settings(
+            str(q.get("backend", "")), str(q.get("model", ""))
+        )
         if q.get("study"):
-            path = service.study(q["study"])
+            path = service.study(str(q["study"]))
             config = config_file.load(str(path))
             trials = forms.positive_int(q.get("trials"), "trials")
-            budget = q.get("budget") or None
+            budget = str(q.get("budget", "")).strip() or None
             timeout_s = timeout_seconds(budget) if budget else None
             assumed = (
-                forms.positive_float(q.get("assume_tok_s"), "assumed tok/s"),
-                forms.positive_float(q.get("assume_load_s"), "assumed load time"),
+                forms.positive_float(
+                    q.get("assume_tok_s"), "assumed tok/s", plan.MAX_ASSUMED_TOK_S
+                ),
+                forms.positive_float(
+                    q.get("assume_load_s"), "assumed load time", plan.MAX_ASSUMED_LOAD_S
+                ),
             )
             data |= await to_thread.run_sync(pages.plan_of, config, timeout_s, trials, *assumed)
         return data
 
     async def queue_sweep(request: Request) -> dict[str, Any]:
-        form = await _form(request)
+        form = await inputs.body(request, QUEUE_FORM)
         path = service.study(str(form.get("study", "")))
         config_file.load(str(path))  # a broken file is said now, not at 3 a.m.
         trials = forms.positive_int(form.get("trials"), "trials")
@@ -217,7 +215,7 @@ def create_app(
         return sweep.to_dict()
 
     async def new_study(request: Request) -> dict[str, Any]:
-        form = await _form(request)
+        form = await inputs.body(request, forms.NEW_STUDY)
         path = await to_thread.run_sync(forms.write_study, service.studies, form)
         return {"file": path.name}
 
@@ -240,15 +238,15 @@ def create_app(
         return {"file": name, "format": fmt, "text": text}
 
     async def preset(request: Request) -> Response:
-        try:
+        async def respond() -> Response:
             data = await preset_data(request)
-        except SweeperError as exc:
-            status = 404 if isinstance(exc, NotFound) else 400
-            return JSONResponse({"error": str(exc)}, status_code=status)
-        text, name = data["text"], data["file"]
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a header is Latin-1, a name may not be
-        disposition = f'attachment; filename="{safe}"'
-        return Response(text, media_type="text/plain", headers={"content-disposition": disposition})
+            text, name = data["text"], data["file"]
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # a header is Latin-1, a name may not be
+            disposition = f'attachment; filename="{safe}"'
+            headers = {"content-disposition": disposition}
+            return Response(text, media_type="text/plain", headers=headers)
+
+        return await boundary.run(request, respond)
 
     async def events(request: Request) -> Response:
         return StreamingResponse(service.hub.stream(), media_type="text/event-stream")
@@ -310,7 +308,10 @@ def create_app(
         Route("/api/installs/{n}/undo", action(undo, str), methods=["POST"]),
         Route("/api/events", events),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={413: boundary.too_large})
     app.state.service = service
-    app.add_middleware(Guard, bound_host=bound_host, token=token)
+    # Starlette's body limit cuts off a body sent without a length as it comes (the 413 handler
+    # answers); the guard, outside it, refuses a declared length over the limit at once
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=inputs.MAX_BODY)
+    app.add_middleware(Guard, bound_host=bound_host, token=token, max_body=inputs.MAX_BODY)
     return app

@@ -11,16 +11,17 @@ from typing import Any
 
 from sweeper import config as config_file
 from sweeper import export, fronts, lock, plan, records, report, studyrecord, terminal
-from sweeper.backends import backend_class
+from sweeper.backends import backend_class, unavailable
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
 from sweeper.measurement import Spread
 from sweeper.recommend import CONFIRMED, for_study
 from sweeper.records import FULL, SCREEN
 from sweeper.service import installs, shared
+from sweeper.service.boundary import relative
 from sweeper.service.installs import Installs
 from sweeper.service.queue import RUNNING, Queue, Sweep
-from sweeper.storage import open_study, redact
+from sweeper.storage import NoStudyYet, open_study, redact
 
 
 def spread_text(s: Spread | dict[str, Any] | None, digits: int = 1) -> str:
@@ -31,6 +32,25 @@ def spread_text(s: Spread | dict[str, Any] | None, digits: int = 1) -> str:
     if d["n"] <= 1:
         return f"{d['median']:.{digits}f}"
     return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}–{d['max']:.{digits}f}, n={d['n']})"
+
+
+def changes(settings: dict[str, Any], yours: dict[str, Any]) -> str:
+    """A trial's settings as what differs from the user's (the baseline's)."""
+    out = [
+        f"{k} {_shown(v)}" + (f" (yours: {_shown(yours[k])})" if k in yours else "")
+        for k, v in sorted(settings.items())
+        if k not in yours or yours[k] != v
+    ]
+    return ", ".join(out) or "your settings"
+
+
+def _shown(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _yours(config: StudyConfig, recs: list[records.TrialRecord]) -> dict[str, Any]:
+    base = records.baseline(recs)
+    return config.baseline.to_dict() | (base.settings if base else {})
 
 
 def _study(config: StudyConfig) -> Any | None:
@@ -66,7 +86,7 @@ def studies_page(
         try:
             config = config_file.load(str(path))
         except SweeperError as exc:
-            rows.append(row | {"error": str(exc), "state": "invalid"})
+            rows.append(row | {"error": relative(str(exc), studies.resolve()), "state": "invalid"})
             continue
         latest = queue.latest(str(path))
         row |= {
@@ -76,6 +96,8 @@ def studies_page(
             "storage": redact(config.storage),
             "planned": config.budget.trials,
             "sweep": latest.id if latest else None,
+            # what this install lacks to run it (the backend says), or None
+            "unavailable": unavailable(config.backend),
         }
         study = _study(config)
         recs = records.load(study) if study is not None else []
@@ -128,6 +150,7 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
         return data
     recs = records.load(study)
     names = [w.name for w in config.workloads]
+    yours = _yours(config, recs)
     for r in recs:
         row: dict[str, Any] = {
             "number": r.number,
@@ -135,6 +158,7 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
             "stage": r.fidelity,
             "tag": r.tag,
             "settings": r.settings or r.params,
+            "changes": "your settings" if r.is_baseline else changes(r.settings or r.params, yours),
             "failure": r.infeasible_reason() if r.state.name != "RUNNING" else None,
             "detail": r.failure_detail,
             "workloads": {},
@@ -179,22 +203,32 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
 def results_page(path: Path) -> dict[str, Any]:
     """Per workload: the recommendation (confirmed or not), the front, the presets."""
     config = config_file.load(str(path))
-    study = open_study(config)
     out: dict[str, Any] = {"file": path.name, "name": config.name, "workloads": {}}
+    try:
+        study = open_study(config)
+    except NoStudyYet:
+        return out | {"not_run": True, "unavailable": unavailable(config.backend)}
+    yours = _yours(config, records.load(study))
     for w, view in for_study(study, config).items():
         rec = view.recommendation
+        confirmed = rec.to_dict()["confirmation"] if rec else None
+        for c in confirmed["candidates"] if confirmed else []:
+            c["changes"] = changes(c["settings"], yours)
         on_front = {p.trial for p in view.front}
         imp = report.importances(study, config, w, view.points)
         out["workloads"][w] = {
             "importance": imp,
             "importance_note": None if imp else report.importance_note(len(view.points)),
             "recommendation": rec.to_dict() if rec else None,
+            "confirmation": confirmed,
+            "changes": changes(rec.point.settings, yours) if rec else None,
             "front": [
                 {
                     "trial": p.trial,
                     "tok_s": spread_text(p.tok_s),
                     "ttft_s": spread_text(p.ttft_s, 2),
                     "settings": p.settings,
+                    "changes": "your settings" if p.baseline else changes(p.settings, yours),
                     "x": p.ttft_s.median,
                     "y": p.tok_s.median,
                 }
@@ -258,6 +292,8 @@ def lmstudio_models(host: str | None) -> dict[str, Any]:
         return {"models": sorted(lmstudio.downloaded_models(where)), "lmstudio": where}
     except SweeperError as exc:
         return {"models": [], "models_error": str(exc)}
+    except (OSError, ValueError, LookupError, TypeError) as exc:  # a reply that is not LM Studio's
+        return {"models": [], "models_error": f"no LM Studio answered there ({exc})"}
 
 
 def gguf_files(studies: Path, limit: int = 200) -> list[str]:

@@ -21,6 +21,8 @@ STATES = (QUEUED, RUNNING, STOPPED, FINISHED, FAILED)
 
 
 RUN, CONFIRM = "run", "confirm"
+#: a cut-off sweep's message, kept while it runs again (until its next change of state)
+RESUMED = "resumed: the service stopped while it ran"
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Queue:
             cut = [s for s in self.sweeps if s.state == RUNNING]
             for s in cut:
                 s.state, s.pid = QUEUED, None
-                s.message = "resumed: the service stopped while it ran"
+                s.message = RESUMED
             self.sweeps.sort(key=lambda s: s not in cut)  # stable: the queue's order otherwise
             self._save()
             self._tell()

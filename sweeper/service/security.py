@@ -3,7 +3,9 @@ address), cross-site state changes, and paths that must stay inside the studies 
 
 Cross-site requests are refused the way Go's ``net/http.CrossOriginProtection`` does it: a
 browser sends ``Sec-Fetch-Site`` (or at least ``Origin``) with every POST; a script sends
-neither and is not a browser a page could drive."""
+neither and is not a browser a page could drive. A GET from another site is a page navigation
+(a link) or nothing: what an ``<img>`` or a ``fetch`` of another page sends is refused, and the
+routes that connect out (to an LM Studio host) refuse even a link from another site."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sweeper.errors import SweeperError
+from sweeper.service.inputs import TOO_LARGE
+from sweeper.settings import shown
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 TOKEN_COOKIE = "sweeper_token"
@@ -24,6 +28,31 @@ TOKEN_COOKIE = "sweeper_token"
 
 class PathRefused(SweeperError):
     """A study path outside the studies directory."""
+
+
+class NotFound(SweeperError):
+    """No such sweep, study or workload."""
+
+    status = 404
+
+
+class CrossSite(SweeperError):
+    """A request from another site where only sweeper's own pages may ask."""
+
+    status = 403
+
+
+OTHER_SITES = ("cross-site", "same-site")
+
+
+def refuse_other_sites(headers: Headers, what: str) -> None:
+    """For a route that makes the service connect out: only sweeper's own pages (or a URL
+    typed in) may ask; another site's page, even another port on 127.0.0.1, may not."""
+    if headers.get("sec-fetch-site") in OTHER_SITES:
+        raise CrossSite(
+            f"refused: another site's page asked sweeper to {what}; "
+            "open this page from sweeper's own pages"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -38,15 +67,27 @@ def is_loopback(host: str) -> bool:
 def study_path(studies: Path, name: str) -> Path:
     """``name`` as a study file inside ``studies``; anything that would leave it is refused
     (``..``, an absolute path, a symlink out of it)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PathRefused("not a study name: it is not valid text") from None
+    if "\x00" in name:
+        raise PathRefused("not a study name: it holds a NUL character")
     candidate = Path(name)
     if not name or candidate.is_absolute() or ".." in candidate.parts or candidate.drive:
         raise PathRefused(f"{name!r}: a study must be a file inside the studies directory")
     if candidate.suffix != ".toml":
         raise PathRefused(f"{name!r}: a study file ends in .toml")
     root = studies.resolve()
-    path = (root / candidate).resolve()
+    try:
+        path = (root / candidate).resolve()
+        found = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, and the like
+        found = False
+    if not found:
+        raise NotFound(f"no study file {shown(name)} in the studies folder")
     if not path.is_relative_to(root):
-        raise PathRefused(f"{name!r}: leads out of the studies directory")
+        raise PathRefused(f"{shown(name)}: leads out of the studies directory")
     return path
 
 
@@ -67,8 +108,10 @@ def _netloc(url: str) -> str | None:
 class Guard:
     """ASGI middleware: refuse foreign Host headers, missing tokens and cross-site changes."""
 
-    def __init__(self, app: ASGIApp, bound_host: str, token: str | None) -> None:
-        self.app, self.token = app, token
+    def __init__(
+        self, app: ASGIApp, bound_host: str, token: str | None, max_body: int | None = None
+    ) -> None:
+        self.app, self.token, self.max_body = app, token, max_body
         wildcard = bound_host in ("0.0.0.0", "::", "")
         self.allowed = (
             None if wildcard else {bound_host.strip("[]"), "localhost", "127.0.0.1", "::1"}
@@ -101,14 +144,29 @@ class Guard:
                 redirect = RedirectResponse(path + (f"?{rest}" if rest else ""), status_code=303)
                 redirect.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
                 return redirect
+        if self.max_body is not None and _length(headers) > self.max_body:
+            # said before the body is read (a body without a length is cut off as it comes)
+            if str(scope["path"]).startswith("/api/"):
+                return JSONResponse({"error": TOO_LARGE}, status_code=413)
+            return PlainTextResponse(TOO_LARGE, status_code=413)
+        site = headers.get("sec-fetch-site")
+        if site in OTHER_SITES and headers.get("sec-fetch-mode", "navigate") != "navigate":
+            # an <img>, a script's fetch or a form's subresource from another site's page
+            return PlainTextResponse("refused: a cross-site request", status_code=403)
         if scope["method"] not in SAFE_METHODS:
-            site = headers.get("sec-fetch-site")
             origin = headers.get("origin")
             if site is not None and site not in ("same-origin", "none"):
                 return PlainTextResponse("refused: a cross-site request", status_code=403)
             if site is None and origin is not None and _netloc(origin) != host:
                 return PlainTextResponse("refused: a cross-origin request", status_code=403)
         return None
+
+
+def _length(headers: Headers) -> int:
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0
 
 
 def _token_of(scope: Scope, headers: Headers) -> str | None:

@@ -21,6 +21,7 @@ from sweeper.service.queue import (
     FAILED,
     FINISHED,
     QUEUED,
+    RESUMED,
     RUNNING,
     STOPPED,
     Queue,
@@ -54,9 +55,12 @@ def timeout_seconds(text: str, now: dt.datetime | None = None) -> float:
 
 
 def command(sweep: Sweep, python: str = sys.executable) -> list[str]:
+    """The child's command line: ``-P`` keeps the current folder off its import path, so a
+    ``sweeper/`` folder where the service started cannot stand in for the package (the child
+    keeps that folder as its own: study paths may be relative to it)."""
     if sweep.action == CONFIRM:
-        return [python, "-m", "sweeper", "confirm", sweep.study]
-    argv = [python, "-m", "sweeper", "run", sweep.study, "--progress", "json"]
+        return [python, "-P", "-m", "sweeper", "confirm", sweep.study]
+    argv = [python, "-P", "-m", "sweeper", "run", sweep.study, "--progress", "json"]
     if sweep.trials:
         argv += ["--trials", str(sweep.trials)]
     if sweep.deadline is not None:
@@ -129,7 +133,8 @@ class Supervisor:
                     continue
                 # running from here on: a Stop now is a stop request, never lost
                 self.current = sweep
-                self.queue.update(sweep, state=RUNNING, started=time.time(), message="")
+                note = sweep.message if sweep.message == RESUMED else ""
+                self.queue.update(sweep, state=RUNNING, started=time.time(), message=note)
             try:
                 self._run(sweep)
             except Exception as exc:  # the queue must go on whatever one sweep did
@@ -152,13 +157,17 @@ class Supervisor:
             assert program.process is not None and program.process.stdout is not None
             self.queue.update(sweep, pid=program.process.pid, log=str(log_path))
         self.publish({"event": "started", "sweep": sweep.id})
+        summary: list[str] = []
         with program.process.stdout as out:
             for raw in out:
                 try:
                     event = json.loads(raw)
                 except ValueError:
-                    continue  # the child's human summary lines
-                if not isinstance(event, dict):
+                    event = None
+                if not isinstance(event, dict):  # the child's closing summary, for people
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    summary.append(line)
+                    _append(log_path, line)
                     continue
                 if event.get("event") == "stage":
                     self.queue.update(sweep, stage=str(event.get("stage", "")))
@@ -167,7 +176,7 @@ class Supervisor:
         if sweep.id in self._stop_requested:
             self._end(sweep, STOPPED, "stopped; completed trials are kept")
         elif rc == 0:
-            self._end(sweep, FINISHED, "")
+            self._end(sweep, FINISHED, "\n".join(line for line in summary if line))
         elif self._closing:
             self._end(sweep, QUEUED, "the service stopped; it resumes first when it starts")
         else:
@@ -183,6 +192,14 @@ class Supervisor:
                 self.queue.to_front(sweep)
             self.current = self.program = None
         self.publish({"event": "ended", "sweep": sweep.id, "state": state})
+
+
+def _append(log_path: Path, line: str) -> None:
+    try:
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+    except OSError:
+        pass  # the log is for reading later; the sweep's page still gets the line
 
 
 def _last_error(log_path: Path) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import yaml
 
-from sweeper import records, report_html, studyrecord, system
+from sweeper import records, studyrecord, system
 from sweeper.backends import llamaserver
 from sweeper.backends import lmstudio as lmstudio_backend
 from sweeper.config import StudyConfig
@@ -276,5 +276,7 @@ def export_all(
             write_atomic(path, RENDER[fmt](preset), force=force)
             written.append(path)
     report_path = out / f"{config.name}-report.html"
+    from sweeper import report_html  # pandas and plotly: only for a report (start-up time)
+
     report_html.write_report(study, config, storage, report_path, force)
     return [*written, report_path], skipped

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -89,6 +88,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEV
     ratios = (xb - xa) / xa
     mean = float(np.mean(ratios))
     sem = float(np.std(ratios, ddof=1) / np.sqrt(ratios.size))
+    import scipy.stats  # here, not above: a trial's worker never needs it (start-up time)
+
     half = float(scipy.stats.t.ppf(1 - (1 - level) / 2, df=ratios.size - 1)) * sem
     return Interval(mean, mean - half, mean + half)
 

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from sweeper import compare
 from sweeper.fronts import Point
@@ -14,6 +12,9 @@ from sweeper.measurement import Spread
 from sweeper.plan import NightPlan
 from sweeper.recommend import Recommendation, WorkloadFront
 from sweeper.stats import Interval
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def status_text(summary: dict[str, Any], url: str) -> str:
@@ -191,6 +192,8 @@ def front_table(
         if p.mismatch:
             row["applied differs"] = ", ".join(f"{k}={v[1]}" for k, v in p.mismatch.items())
         rows.append(row)
+    import pandas as pd  # here, not above: a trial's worker imports the CLI (start-up time)
+
     return pd.DataFrame(rows).fillna("")
 
 
@@ -225,6 +228,8 @@ def comparison_tables(
             table.append(row)
             if m.label != first:
                 table.append(diff_row)
+        import pandas as pd
+
         blocks.append(
             f"{w}: median [{level * 100:g}% interval] of {repeats} interleaved rounds; "
             f"differences vs {first}, paired by round\n"

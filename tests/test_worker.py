@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -84,3 +86,15 @@ def test_a_session_asked_to_stop_does_not_end_as_if_finished(
     when the session ends, so `sweeper run` does not go on to its confirmation and exit 0."""
     with pytest.raises(KeyboardInterrupt), system.terminate_as_interrupt():
         assert drop_ctrl_c() == [KeyboardInterrupt]
+
+
+def test_a_worker_starts_without_the_report_and_statistics_libraries() -> None:
+    """A trial's worker is a spawned interpreter: it imports the `sweeper` script's module (the
+    CLI) and the runner before it measures. scipy, pandas and plotly (a comparison's t
+    interval, the tables, the report) are not needed there and were most of its start-up
+    (benchmarks/startup.py)."""
+    code = "import sys, sweeper.cli, sweeper.runner; print(sorted(set(sys.modules) & HEAVY))"
+    code = code.replace("HEAVY", repr({"scipy", "pandas", "plotly"}))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

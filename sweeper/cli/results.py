@@ -10,7 +10,6 @@ import click
 
 from sweeper import config as config_file
 from sweeper import export, fronts, records, studyrecord, terminal
-from sweeper import report_html as report_mod
 from sweeper.cli.common import fail, json_option, study_command
 from sweeper.files import write_atomic
 from sweeper.recommend import for_study
@@ -68,6 +67,8 @@ def report(study_file: str, storage: str | None, output: str | None, force: bool
     config = config_file.load(study_file)
     study = open_study(config, storage)
     path = Path(output) if output else config.base_dir / f"{config.name}-report.html"
+    from sweeper import report_html as report_mod  # pandas and plotly: only for a report
+
     report_mod.write_report(study, config, redact(storage or config.storage), path, force)
     click.echo(str(path))
 

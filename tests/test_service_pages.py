@@ -113,7 +113,7 @@ def test_the_form_plans_the_trial_time_limit_and_takes_the_first_nights_settings
         "name": "slow",
         "backend": "lmstudio",
         "model": "openai/gpt-oss-20b",
-        "host": "127.0.0.1:1234",
+        "host": "http://127.0.0.1:1234",  # as LM Studio shows it
         "space.cpu_threads": "1, 2",
         "workloads": ["short", "long"],
         "max_tokens.long": "300",
@@ -131,6 +131,10 @@ def test_the_form_plans_the_trial_time_limit_and_takes_the_first_nights_settings
     assert full_s > 30 * 60  # the default limit would time out every trial
     assert config.budget.trial_timeout_s == pytest.approx(
         max(30, -(-full_s * plan.TIMEOUT_MARGIN // 60)) * 60
+    )
+    bad = web.post("/api/studies", json=form | {"name": "bad", "host": "127.0.0.1:1234/v1"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith(
+        "host: '127.0.0.1:1234/v1' is not an address of LM Studio's server"
     )
     own = form | {"name": "own", "trial_timeout": "3h"}
     assert web.post("/api/studies", json=own).status_code == 200

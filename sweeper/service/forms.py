@@ -173,6 +173,12 @@ def study_text(form: dict[str, Any], trial_timeout: str | None = None) -> tuple[
     lines = [f"name = {_toml(name)}", f"backend = {_toml(backend)}", f"model = {_toml(model)}"]
     host = str(form.get("host", "")).strip()
     if host:
+        from sweeper.backends.lmstudio_host import parse_host
+
+        try:  # as LM Studio shows it (http://127.0.0.1:1234), written as host:port
+            host = parse_host(host)
+        except SweeperError as exc:
+            raise FormError(f"host: {exc}") from None
         lines.append(f"host = {_toml(host)}")
     trials = positive_int(form.get("trials"), "trials")
     lines += ["", "[budget]", f"trials = {trials or 40}"]

@@ -218,15 +218,19 @@ def test_confirmation_rounds_ride_out_a_restart(
         compare.Config("baseline", LoadSettings(context_length=512)),
         compare.Config("candidate", LoadSettings(context_length=256)),
     ]
-    restarted = threading.Event()
+    restart = threading.Timer(1.0, lms.start)
 
     def on_round(r: int, label: str) -> None:
         if (r, label) == (1, "candidate"):  # LM Studio quits; started again meanwhile
             lms.kill()
-            threading.Timer(1.0, lambda: (lms.start(), restarted.set())).start()
+            restart.start()
 
-    results = compare.run_rounds(configs, ["short", "long"], 2, rounds, on_round)
-    assert restarted.is_set()
+    try:
+        results = compare.run_rounds(configs, ["short", "long"], 2, rounds, on_round)
+    finally:  # the fixture then stops the restarted server: none outlives the test
+        if restart.is_alive():
+            restart.join()
+    assert restart.finished.is_set()
     assert [len(r.rounds["short"]["tok_s"]) for r in results] == [2, 2]
 
 

@@ -213,7 +213,9 @@ def install_lmstudio(p: Preset) -> tuple[Path, Path | None]:
         shutil.copy2(target, backup)
         doc["load"]["fields"] = kept + new["load"]["fields"]
         new = doc
-    write_atomic(target, json.dumps(new, indent=2) + "\n", force=True)
+    # a symlinked config (dotfiles kept elsewhere) stays a link: the file it points to is written
+    written = target.resolve() if target.is_symlink() else target
+    write_atomic(written, json.dumps(new, indent=2) + "\n", force=True)
     return target, backup
 
 

@@ -196,3 +196,24 @@ def test_a_serve_beside_a_sweeper_folder_runs_its_sweeps(
     log = Path(sweep["log"]).read_text()
     assert sweep["message"].splitlines()[0] in log
     assert json.loads(json.dumps(sweep))  # the API holds it as plain JSON
+
+
+def test_an_install_writes_through_a_symlinked_lmstudio_config(
+    web: TestClient, studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert CliRunner().invoke(cli, ["run", str(studies / "fake.toml")]).exit_code == 0
+    folder = tmp_path / ".lmstudio/.internal/user-concrete-model-default-config"
+    folder.mkdir(parents=True)
+    kept = tmp_path / "dotfiles" / "fake-model.json"
+    kept.parent.mkdir()
+    kept.write_text(json.dumps({"load": {"fields": [{"key": "llm.load.mine", "value": 1}]}}))
+    (folder / "fake-model.json").symlink_to(kept)
+    r = web.post("/api/studies/fake.toml/install/short")
+    assert r.status_code == 200, r.text
+    assert (folder / "fake-model.json").is_symlink()
+    keys = {f["key"] for f in json.loads(kept.read_text())["load"]["fields"]}
+    assert "llm.load.mine" in keys and len(keys) > 1  # written through the link
+    web.post(f"/api/installs/{r.json()['n']}/undo")
+    assert (folder / "fake-model.json").is_symlink()
+    assert json.loads(kept.read_text())["load"]["fields"] == [{"key": "llm.load.mine", "value": 1}]

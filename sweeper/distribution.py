@@ -38,12 +38,13 @@ def _in_checkout() -> bool:
     return (Path(__file__).parent.parent / "pyproject.toml").is_file()
 
 
-def install_command(*requirements: str) -> str:
+def install_command(*requirements: str, ours: bool = False) -> str:
     """The command that adds ``requirements`` to the environment this sweeper runs in, quoted
-    with double quotes (cmd.exe, PowerShell and POSIX shells all read them)."""
+    with double quotes (cmd.exe, PowerShell and POSIX shells all read them). ``ours``: all are
+    sweeper's own requirements, which a checkout's `make install` installs."""
     quoted = " ".join(f'"{r}"' for r in requirements)
     kind = install_kind()
-    if kind == "checkout":
+    if kind == "checkout" and ours:
         return "`make install` in the checkout"
     if kind == "pipx":
         return f"`pipx inject {NAME} {quoted}`"
@@ -52,8 +53,8 @@ def install_command(*requirements: str) -> str:
     return f'`"{sys.executable}" -m pip install {quoted}`'
 
 
-def requirement(package: str) -> str:
-    """``package`` as our metadata requires it (``lmstudio==1.5.0``), else its bare name."""
+def requirement(package: str) -> str | None:
+    """``package`` as our metadata requires it (``lmstudio==1.5.0``); None if it is not ours."""
     try:
         requires = importlib.metadata.requires(NAME) or []
     except importlib.metadata.PackageNotFoundError:
@@ -62,15 +63,19 @@ def requirement(package: str) -> str:
         name = re.split(r"[\s;<>=!~\[]", spec, maxsplit=1)[0]
         if name.lower().replace("_", "-") == package.lower().replace("_", "-"):
             return spec.split(";")[0].strip()
-    return package
+    return None
 
 
 def install_hint(*packages: str) -> str:
     """What to run to get ``packages``, e.g. ``run `"C:\\...\\python.exe" -m pip install
     "llama-cpp-python>=0.3.36"` (it compiles llama.cpp: ...)``."""
+    specs = [requirement(p) for p in packages]
+    command = install_command(
+        *(spec or p for spec, p in zip(specs, packages, strict=True)), ours=None not in specs
+    )
     notes = [COMPILED[p] for p in packages if p in COMPILED]
     why = f" ({'; '.join(notes)})" if notes else ""
-    return f"run {install_command(*(requirement(p) for p in packages))}{why}"
+    return f"run {command}{why}"
 
 
 def examples() -> list[Path]:

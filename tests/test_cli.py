@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -90,7 +91,8 @@ ERRORS = [
         {"cpu_threads = [1, 2, 4]": "cpu_threds = [1, 2]"},
         "error: {path}: space: unknown parameter 'cpu_threds'; known parameters: context_length, "
         "gpu_offload, eval_batch_size, physical_batch_size, cpu_threads, flash_attention, "
-        "k_cache_type, v_cache_type, mmap, keep_in_memory, offload_kv_cache, cpu_moe_layers\n",
+        "k_cache_type, v_cache_type, mmap, keep_in_memory, offload_kv_cache, cpu_moe_layers, "
+        "gpu_strict_vram_cap\n",
     ),
     (["status", "{path}"], {}, "error: no study yet at {db}; run `sweeper run {path}` first\n"),
     (
@@ -119,8 +121,8 @@ ERRORS = [
         ["status", "{path}", "--storage", "mysql://u:secret@127.0.0.1:9/db"],
         {},
         "error: cannot open storage mysql://u:***@127.0.0.1:9/db: its database driver (MySQLdb) "
-        "is not installed: pip install 'mysqlclient' (or name an installed driver in the URL, "
-        "e.g. postgresql+psycopg2://)\n",
+        f'is not installed: run `"{sys.executable}" -m pip install "mysqlclient"` (or name an '
+        "installed driver in the URL, e.g. postgresql+psycopg2://)\n",
     ),
     *[
         (

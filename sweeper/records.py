@@ -298,6 +298,11 @@ def interrupted(trial: optuna.Trial) -> None:
     trial.set_user_attr("failure_reason", str(FailureReason.INTERRUPTED))
 
 
+def engine_lost(trial: optuna.Trial) -> None:
+    """The engine went away and did not come back in time: not the settings' failure."""
+    trial.set_user_attr("failure_reason", str(FailureReason.ENGINE_LOST))
+
+
 def resolved(trial: optuna.Trial, settings: LoadSettings, names: Sequence[str]) -> None:
     """The baseline's settings with the swept ones it left unset as the engine applied them:
     later runs of the baseline send these, so what an install changes never leaks into it."""

@@ -218,7 +218,7 @@ class Sweep:
             records.interrupted(trial)
             raise
         except EngineAway:  # the engine did not come back: the next run retries it too
-            trial.set_user_attr("failure_reason", str(FailureReason.ENGINE_LOST))
+            records.engine_lost(trial)
             raise
 
     def _objective(self, trial: optuna.Trial, limit: int | None) -> list[float]:

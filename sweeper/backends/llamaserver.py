@@ -11,13 +11,11 @@ reason (``oom`` from its log's allocation failures, else ``load_failed``) and it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,8 +90,8 @@ def find_binary(configured: str | None = None) -> str:
     found = str(here) if here.exists() else shutil.which("llama-server")
     if found is None:
         raise BackendUnavailable(
-            "no llama-server binary: run `make install` (it builds one), or give its path as "
-            f"server_binary in the study file or in ${ENV_BINARY}"
+            "no llama-server binary: give its path as server_binary in the study file or in "
+            f"${ENV_BINARY} (a llama.cpp release has one; in a checkout `make install` builds one)"
         )
     return found
 
@@ -193,13 +191,10 @@ class LlamaServerBackend(BackendBase):
             ) from exc
 
     def _lost(self, what: str, exc: Exception, failure: type[TrialFailure]) -> TrialFailure:
-        process = self._server.process if self._server else None
-        with contextlib.suppress(subprocess.TimeoutExpired, AttributeError):
-            process.wait(1)  # type: ignore[union-attr]  # a dying server: let it finish
-        if process is not None and process.returncode is None:
+        code = self._server.exit_code(within_s=1) if self._server else None
+        if self._server is not None and code is None:
             return failure("disconnected", f"llama-server {what}: {exc}")
         tail = " | ".join(ln.strip() for ln in self._read_log().splitlines()[-3:] if ln.strip())
-        code = process.returncode if process else None
         return failure("crashed", f"llama-server exited ({code}) during {what}: {exc}; {tail}")
 
     def _wait_healthy(self) -> None:

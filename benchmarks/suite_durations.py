@@ -19,7 +19,7 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "suite_durations.json"
 LINE = re.compile(r"^(\d+(?:\.\d+)?)s (setup|call|teardown)\s+(\S.*)$")
-SUMMARY = re.compile(r"^=+ (.*) in (\d+(?:\.\d+)?)s")
+SUMMARY = re.compile(r"^(?:=+ )?(.*) in (\d+(?:\.\d+)?)s")
 
 
 def parse(text: str) -> dict[str, object]:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,9 +129,13 @@ def served(venv: Path, elsewhere: Path, tmp_path: Path) -> Iterator[tuple[str, P
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"open (http://127\.0\.0\.1:\d+/) \(studies in (.+?);", line)
-        assert match, line
+        seen, match = [], None
+        for line in proc.stderr:  # the URL line, after any warning printed before it
+            seen.append(line)
+            match = re.search(r"open (http://127\.0\.0\.1:\d+/) \(studies in (.+?);", line)
+            if match or len(seen) > 20:
+                break
+        assert match, "".join(seen)
         yield match.group(1), Path(match.group(2))
     finally:
         proc.terminate()
@@ -147,7 +152,14 @@ def test_serve_as_installed_lists_the_examples_and_every_page_loads(
     shipped = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))
     assert sorted(p.name for p in studies.glob("*.toml")) == shipped
     with httpx.Client(base_url=url, timeout=30) as web:
-        listed = web.get("/api/studies").json()["studies"]
+        deadline = time.monotonic() + 30  # serve prints its URL just before it listens
+        while True:
+            try:
+                listed = web.get("/api/studies").json()["studies"]
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "serve never listened"
+                time.sleep(0.2)
         assert sorted(s["file"] for s in listed) == shipped
         pages = ["/", "/new", *(f"/studies/{name}" for name in shipped)]
         statuses = {page: web.get(page).status_code for page in pages}

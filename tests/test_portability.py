@@ -102,8 +102,8 @@ def test_sweeper_runs_without_llama_cpp(tmp_path: Path, model_path: str) -> None
     refused = sweeper(env, "run", llama)
     assert refused.returncode == 2
     assert refused.stderr == (
-        "error: llama-cpp-python is not installed; pip install 'sweeper[llamacpp]' (it builds "
-        "llama.cpp, a few minutes the first time) or run `make install`\n"
+        "error: llama-cpp-python is not installed; run `make install` in the checkout (it "
+        "compiles llama.cpp: a C/C++ compiler and CMake, minutes the first time)\n"
     )
 
 

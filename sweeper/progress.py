@@ -65,6 +65,9 @@ class ProgressBar:
         self.bar.set_postfix_str(" best " + ", ".join(f"{k} {v}" for k, v in self.best.items()))
         self.bar.update(1)
 
+    def engine_away(self, message: str) -> None:
+        """Said by the command's one line on stderr."""
+
     def close(self) -> None:
         self.bar.close()
 
@@ -95,6 +98,10 @@ class JsonProgress:
     def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         reason = records.read(trial).infeasible_reason()
         self.emit("trial", number=trial.number, stage=self.stage_name, failure=reason)
+
+    def engine_away(self, message: str) -> None:
+        """The sweep stopped because its engine stayed away: resumable, not failed."""
+        self.emit("engine_away", message=message)
 
     def close(self) -> None:
         self.emit("closed")

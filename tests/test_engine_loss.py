@@ -177,6 +177,9 @@ def test_past_the_wait_one_line_and_the_same_command_resumes(
         "run the same command to resume"
     )
     assert "Traceback" not in sweep.stderr()
+    # what tells the service to show the sweep as resumable, not failed
+    (away,) = [e["message"] for e in sweep.events if e["event"] == "engine_away"]
+    assert away.startswith("LM Studio did not come back within 2 s")
     trials = stored(path)
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["failure_reason"] == "engine_lost"

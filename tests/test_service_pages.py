@@ -22,7 +22,7 @@ from sweeper import config as config_file
 from sweeper import plan
 from sweeper.cli import cli
 from sweeper.service.app import create_app
-from sweeper.service.queue import FAILED, RESUMED, RUNNING, Queue, Sweep
+from sweeper.service.queue import FAILED, RESUMED, RUNNING, STOPPED, Queue, Sweep
 
 URL = "http://127.0.0.1:8765"
 
@@ -217,3 +217,32 @@ def test_an_install_writes_through_a_symlinked_lmstudio_config(
     web.post(f"/api/installs/{r.json()['n']}/undo")
     assert (folder / "fake-model.json").is_symlink()
     assert json.loads(kept.read_text())["load"]["fields"] == [{"key": "llm.load.mine", "value": 1}]
+
+
+@pytest.mark.parametrize(
+    ("printed", "state"),
+    [
+        (
+            '{"event": "engine_away", "message": "LM Studio did not come back within 2 s"}',
+            "stopped",
+        ),
+        ('{"event": "trial", "number": 0}', FAILED),
+    ],
+)
+def test_a_sweep_whose_engine_stayed_away_is_resumable_not_failed(
+    printed: str, state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that exits 2 after saying its engine stayed away (what `sweeper run --progress
+    json` says: tests/test_engine_loss.py) is stopped with Resume; any other exit 2 failed."""
+    from sweeper.service import supervisor
+
+    child = f"import sys; print({printed!r}); sys.exit(2)"
+    monkeypatch.setattr(supervisor, "command", lambda sweep: [sys.executable, "-c", child])
+    queue = Queue(tmp_path / "queue.json")
+    sweep = queue.add(Sweep(str(tmp_path / "lms.toml")))
+    runner = supervisor.Supervisor(queue, tmp_path / "logs", lambda event: None)
+    (tmp_path / "logs").mkdir()
+    runner._run(sweep)
+    assert sweep.state == state
+    if state == STOPPED:
+        assert sweep.message == "LM Studio did not come back within 2 s; Resume once it is back"

@@ -106,6 +106,7 @@ def run(
     except WorkerError as exc:
         fail(f"{exc} ({config.base_dir / config.name}.log)")
     except EngineAway as exc:
+        bar.engine_away(str(exc))
         fail(
             f"{exc}; {records.complete(study)} complete trials are stored in {url}; "
             "run the same command to resume"

@@ -158,6 +158,7 @@ class Supervisor:
             self.queue.update(sweep, pid=program.process.pid, log=str(log_path))
         self.publish({"event": "started", "sweep": sweep.id})
         summary: list[str] = []
+        engine_away: str | None = None  # the engine stayed away: resumable, not failed
         with program.process.stdout as out:
             for raw in out:
                 try:
@@ -169,6 +170,8 @@ class Supervisor:
                     summary.append(line)
                     _append(log_path, line)
                     continue
+                if event.get("event") == "engine_away":
+                    engine_away = str(event.get("message", ""))
                 if event.get("event") == "stage":
                     self.queue.update(sweep, stage=str(event.get("stage", "")))
                 self.publish({**event, "sweep": sweep.id})
@@ -179,6 +182,8 @@ class Supervisor:
             self._end(sweep, FINISHED, "\n".join(line for line in summary if line))
         elif self._closing:
             self._end(sweep, QUEUED, "the service stopped; it resumes first when it starts")
+        elif engine_away is not None:
+            self._end(sweep, STOPPED, f"{engine_away}; Resume once it is back")
         else:
             self._end(sweep, FAILED, _last_error(log_path) or f"sweeper run exited with {rc}")
 

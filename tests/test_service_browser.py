@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import chromium_path
+from conftest import chromium_path, tiny_probes
 from service_process import Service, alive, ours, study
 
 SHIPPED = Path(__file__).parent.parent / "studies"
@@ -51,7 +51,9 @@ def browser() -> Iterator[Any]:
 def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
-    (studies / "demo.toml").write_text((SHIPPED / "demo.toml").read_text())
+    # the shipped demo, its probes and confirmation made small (conftest.tiny_probes): nothing
+    # here asserts on a measurement, and the defaults cost a minute more
+    (studies / "demo.toml").write_text(tiny_probes((SHIPPED / "demo.toml").read_text()))
     (studies / "second.toml").write_text(study("second", "fake-model", 3))
     (studies / "third.toml").write_text(study("third", "fake-model", 2))
     (studies / "ready.toml").write_text(study("ready", "fake-model", 4))

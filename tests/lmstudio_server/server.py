@@ -482,13 +482,27 @@ class LMStudioTestServer:
                 return
             if emitted >= max_tokens:
                 break
-        n = emitted
+        self._success(send, inst, cfg, times, start, len(tokens), stop)
+
+    def _success(
+        self,
+        send: Callable[[dict[str, Any]], None],
+        inst: Any,
+        cfg: dict[str, Any],
+        times: list[float],
+        start: float,
+        prompt: int,
+        stop: str,
+    ) -> None:
+        """A prediction's closing reply, with the statistics LM Studio computes: one token a
+        time in ``times`` (when each was sent), ``start`` when the request arrived."""
+        n = len(times)
         span = times[-1] - times[0] if n > 1 else 0.0
         stats = {
             "stopReason": stop,
             "predictedTokensCount": n,
-            "promptTokensCount": len(tokens),
-            "totalTokensCount": n + len(tokens),
+            "promptTokensCount": prompt,
+            "totalTokensCount": n + prompt,
             "timeToFirstTokenSec": (times[0] - start) if times else 0.0,
             "tokensPerSecond": (n - 1) / span if span > 0 else 0.0,
             "numGpuLayers": float(inst.n_gpu_layers),

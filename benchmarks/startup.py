@@ -1,9 +1,11 @@
 """How long a trial's worker takes to start: what a fresh interpreter imports before it can
-measure. A worker is a spawned process; it imports the parent's main module (the `sweeper`
-script: ``sweeper.cli``) and the worker's own (``sweeper.runner``), so that is what is timed.
+measure. A worker is a spawned process; it runs the parent's main script again (the installed
+`sweeper` script, which imports the module its entry point names in the tree's pyproject.toml:
+``sweeper.cli`` before issue 30, ``sweeper.__main__`` after) and imports the worker's own
+module (``sweeper.runner``), so that is what is timed.
 
 Per source tree (this checkout, and optionally an older one given with ``--before DIR``):
-RUNS fresh interpreters run ``python -X importtime -c "import sweeper.cli, sweeper.runner"``;
+RUNS fresh interpreters run ``python -X importtime -c "import ENTRY, sweeper.runner"``;
 the import time is the sum of ``-X importtime``'s self times (less noisy than wall time on a
 busy machine), with the module count and which heavy libraries were imported. Wall time of
 the whole interpreter is recorded too. Writes benchmarks/results/startup.json.
@@ -21,17 +23,27 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 OUT = Path(__file__).parent / "results" / "startup.json"
-WORKER_IMPORTS = "import sweeper.cli, sweeper.runner"
 HEAVY = ("scipy", "pandas", "plotly", "optuna", "sqlalchemy", "numpy", "starlette", "llama_cpp")
-PROBE = (
-    "import sys; " + WORKER_IMPORTS + "; import json; "
-    f"print(json.dumps([len(sys.modules), [m for m in {HEAVY!r} if m in sys.modules]]))"
-)
+
+
+def worker_imports(tree: Path) -> str:
+    """What a worker spawned from the tree's `sweeper` script imports before it measures."""
+    scripts = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = scripts["sweeper"].split(":")[0]
+    return f"import {entry}, sweeper.runner"
+
+
+def probe(tree: Path) -> str:
+    return (
+        "import sys; " + worker_imports(tree) + "; import json; "
+        f"print(json.dumps([len(sys.modules), [m for m in {HEAVY!r} if m in sys.modules]]))"
+    )
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -47,7 +59,7 @@ def one_run(tree: Path) -> tuple[float, float]:
     """(import time from -X importtime, wall time of the interpreter), in ms."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", WORKER_IMPORTS],
+        [sys.executable, "-X", "importtime", "-c", worker_imports(tree)],
         env=os.environ | {"PYTHONPATH": str(tree)},
         cwd=tree,  # `python -c` puts the working directory first on sys.path
         capture_output=True,
@@ -73,11 +85,17 @@ def describe(tree: Path) -> dict[str, object]:
 
     where = python("import sweeper; print(sweeper.__file__)")
     assert where.startswith(str(tree)), f"{tree} is not what was imported: {where}"
-    modules, heavy = json.loads(python(PROBE))
+    modules, heavy = json.loads(python(probe(tree)))
     commit = subprocess.run(
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    return {"tree": str(tree), "commit": commit, "modules": modules, "heavy_imported": heavy}
+    return {
+        "tree": str(tree),
+        "commit": commit,
+        "imports": worker_imports(tree),
+        "modules": modules,
+        "heavy_imported": heavy,
+    }
 
 
 def main() -> None:
@@ -94,8 +112,8 @@ def main() -> None:
         for name, tree in trees.items():
             runs[name].append(one_run(tree))
     result: dict[str, object] = {
-        "what": "a fresh interpreter doing a trial worker's imports: " + WORKER_IMPORTS,
-        "command": f'python -X importtime -c "{WORKER_IMPORTS}" (import_ms: sum of self times)',
+        "what": "a fresh interpreter doing a trial worker's imports (each tree's: see imports)",
+        "command": 'python -X importtime -c "IMPORTS" (import_ms: sum of self times)',
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),

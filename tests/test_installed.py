@@ -115,6 +115,23 @@ def test_sweeper_runs_as_installed_from_another_folder(venv: Path, elsewhere: Pa
     assert helped.returncode == 0 and b"serve" in helped.stdout
 
 
+def test_a_trials_worker_does_not_import_the_command_line(venv: Path, elsewhere: Path) -> None:
+    """A trial's worker is a spawned interpreter, and spawning first runs the program's main
+    script again as ``__mp_main__`` (multiprocessing's spawn, on every platform): the installed
+    ``sweeper`` script must not bring the command line with it (optuna, SQLAlchemy, the
+    reports: about a second per trial on 2 cores, before the worker can load its model)."""
+    script = venv / "sweeper"
+    probe = (
+        f"import runpy, sys; runpy.run_path({str(script)!r}, run_name='__mp_main__'); "
+        "print(sorted(m for m in ('sweeper.cli', 'optuna', 'sqlalchemy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [str(venv / "python"), "-c", probe], cwd=elsewhere, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", script.read_text()
+
+
 @pytest.fixture
 def served(venv: Path, elsewhere: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``sweeper serve`` as installed, given no --studies: its URL and SWEEPER_HOME."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import tiny_probes
 from lmstudio_server import LMStudioTestServer, ServerModel
 
 ROOT = Path(__file__).parent.parent
@@ -189,7 +190,14 @@ def test_a_short_sweep_runs_through_the_installed_command(
     venv: Path, elsewhere: Path, tmp_path: Path, model_path: str
 ) -> None:
     study = elsewhere / "quick.toml"
-    study.write_text((ROOT / "studies" / "lmstudio-quick.toml").read_text(encoding="utf-8"))
+    text = (ROOT / "studies" / "lmstudio-quick.toml").read_text(encoding="utf-8")
+    for full, small in {
+        "max_tokens = 32": "max_tokens = 8",
+        "max_tokens = 64": "max_tokens = 12",
+    }.items():
+        assert full in text, full
+        text = text.replace(full, small)
+    study.write_text(tiny_probes(text))  # the shipped study, small: this tests the install
     env = {**os.environ, "SWEEPER_HOME": str(tmp_path / "home")}
     with LMStudioTestServer([ServerModel(KEY, model_path)]) as server:
         done = subprocess.run(

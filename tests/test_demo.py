@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import tiny_probes
 from sweeper.cli import cli
-
 
 ROOT = Path(__file__).parent.parent
 
@@ -61,8 +61,11 @@ def test_a_baseline_that_is_already_the_best_is_kept(tmp_path: Path) -> None:
             'v_cache_type = ["f16", "q8_0"]': 'v_cache_type = ["f16"]',
             "mmap = [true, false]": "mmap = [true]",
             "trials = 12": "trials = 2",
+            "max_tokens = 48": "max_tokens = 12",
+            "max_tokens = 96": "max_tokens = 16",
         },
     )
+    path.write_text(tiny_probes(path.read_text(encoding="utf-8")), encoding="utf-8")
     sweeper("run", path)
     doc = json.loads(sweeper("pareto", path, "--json")[0])
     for w, d in doc.items():

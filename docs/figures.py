@@ -210,6 +210,7 @@ def fidelity() -> str:
     )
     worst = max(confs, key=lambda c: max(c["measured_runs_tok_s"]) / min(c["measured_runs_tok_s"]))
     runs = ", ".join(f"{x:.1f}" for x in worst["measured_runs_tok_s"])
+    moved = max(worst["measured_runs_tok_s"]) / min(worst["measured_runs_tok_s"]) - 1
     out = [
         f"**Screening against full measurement** (`benchmarks/fidelity.py`, "
         f"{source('fidelity', d)}): {len(confs)} configurations of the demo model, "
@@ -223,7 +224,7 @@ def fidelity() -> str:
         "",
         f"The targets for ranking and error {verdict}. The same configuration measured in full "
         f"twice came out {share(rep['full_difference'])} apart, and single runs of one load "
-        f"moved by up to {share(max(worst['measured_runs_tok_s']) / min(worst['measured_runs_tok_s']) - 1)} "  # noqa: E501
+        f"moved by up to {share(moved)} "
         f"({settings_text(worst['settings'])}: {runs} tok/s).",
     ]
     return "\n".join(out) + "\n"
@@ -324,7 +325,8 @@ def noise() -> str:
             f"{d['rounds_per_comparison']} rounds each, and the same with a known speed-up "
             "injected into one side (the noise is real, the shift is not):",
             "",
-            f"| | at `sweeper compare`'s defaults ({d['rounds_per_comparison']} rounds, 1% floor) |",
+            f"| | at `sweeper compare`'s defaults ({d['rounds_per_comparison']} rounds, "
+            "1% floor) |",
             "|---|---|",
             f"| A/A false verdicts | {d['aa_false_verdict_rate'] * 100:.1f}% "
             f"({d['aa_false_verdict_rate_without_min_effect'] * 100:.1f}% without the 1% floor) |",

@@ -27,7 +27,8 @@ NOT_MEASURED = {
 
 #: A number with a unit of speed, time or share, as a measured figure is written.
 FIGURE = re.compile(
-    r"(?<![\w.+-])[-+]?\d+(?:[.,]\d+)?\s?(?:%|tok/s|ms\b)|\b\d+\.\d+\s?(?:s|seconds)\b"
+    r"(?<![\w.+-])[-+]?\d+(?:[.,]\d+)?\s?(?:%|tok/s|ms\b)"
+    r"|\b\d+\.\d+\s?(?:s|seconds|min|minutes|h|hours)\b"
 )
 
 
@@ -95,10 +96,11 @@ def test_no_figure_is_typed_by_hand() -> None:
 
 def test_the_figure_check_sees_a_typed_figure() -> None:
     """The check itself: a figure typed into prose is found, one in cog's output is not."""
-    assert hand_typed("went from 10.4 to 8.5 tok/s, +12.3% faster, 0.81 s") == [
+    assert hand_typed("went from 10.4 to 8.5 tok/s, +12.3% faster, 0.81 s, 2.4 minutes") == [
         "8.5 tok/s",
         "+12.3%",
         "0.81 s",
+        "2.4 minutes",
     ]
     cogged = "<!-- [[[cog x() ]]] -->\n+12.3% and 8.5 tok/s\n<!-- [[[end]]] -->\n"
     assert hand_typed(cogged) == []

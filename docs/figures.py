@@ -72,12 +72,12 @@ def demo() -> str:
     rounds = {r["rounds"] for r in rec.values()}
     confirmed = [w for w, r in rec.items() if r["status"] == "confirmed"]
     return (
-        f"On {when(d)} ({d['machine']}; {d['duration']}), `make demo` confirmed "
+        f"On {when(d)}, on {d['machine']}, `make demo` confirmed "
         f"{' and '.join(confirmed) or 'nothing'} against the 4-thread baseline, side by side "
         f"in {'/'.join(map(str, sorted(rounds)))} interleaved rounds: {gains} (95% intervals), "
         f"with {settings['cpu_threads']} threads, context {settings['context_length']}, "
         f"flash attention {'on' if settings['flash_attention'] else 'off'} "
-        f"(`benchmarks/results/demo.json`).\n"
+        f"({d['duration']}; `benchmarks/results/demo.json`).\n"
     )
 
 

@@ -106,8 +106,9 @@ def test_the_figure_check_sees_a_typed_figure() -> None:
     assert hand_typed(cogged) == []
 
 
-def test_every_figure_says_its_date_and_machine() -> None:
-    """Each results file the pages quote has a date, and a machine where one ran."""
+def test_every_quoted_results_file_has_its_date() -> None:
+    """Each results file the pages quote has the date `docs/figures.py` prints beside its
+    figures (and the machine, where one ran: `figures.machine`)."""
     sys.path.insert(0, str(ROOT / "docs"))
     import figures
 

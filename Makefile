@@ -25,7 +25,7 @@ TOOLS_ON := -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF -DL
 TOOLS_OFF := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=ON
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test lint bench screenshots clean dist
+.PHONY: install demo test lint docs cog bench screenshots clean dist
 
 install: $(STAMP)
 
@@ -74,9 +74,22 @@ test: install
 lint: install
 	$(BIN)/ruff check sweeper tests benchmarks docs
 	$(BIN)/ruff format --check sweeper tests benchmarks docs
+	$(BIN)/cog -I docs --check $(PAGES)
 	$(BIN)/mypy --platform linux
 	$(BIN)/mypy --platform win32
 	$(BIN)/mypy --platform darwin
+
+# The README and the docs: every generated part (the CLI's table and help, the settings, the
+# failure reasons, the study file's keys, the routes, the module map, every benchmark figure
+# from benchmarks/results/) is written by cog; make test checks both (tests/test_docs.py,
+# tests/test_readme.py).
+PAGES := README.md $(shell find docs -name '*.md' -not -path 'docs/_build/*' | sort)
+
+docs: install
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+cog: install
+	$(BIN)/cog -I docs -r $(PAGES)
 
 bench: install
 	$(BIN)/python benchmarks/threads.py
@@ -92,9 +105,9 @@ dist: install
 	rm -rf dist
 	$(BIN)/python -m build --no-isolation --outdir dist .
 
-# The service's pages for the README (docs/service-*.png); needs Debian's chromium.
+# The service's pages for the docs (docs/service-*.png); needs Debian's chromium.
 screenshots: install
 	$(BIN)/python docs/screenshots.py
 
 clean:
-	rm -rf $(VENV) dist build studies/*.db studies/*.log studies/*-presets studies/*-report.html
+	rm -rf $(VENV) dist build docs/_build studies/*.db studies/*.log studies/*-presets studies/*-report.html

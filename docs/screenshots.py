@@ -1,6 +1,7 @@
-"""The service's pages for the README: `make screenshots` (not part of `make test`, which must
-not change tracked files). Runs `sweeper serve` on a copy of the demo study made small, queues
-it in Chromium, and captures the studies page, the plan, the live sweep and the results."""
+"""The service's pages for the docs (`docs/howto/serve.md`): `make screenshots` (not part of
+`make test`, which must not change tracked files). Runs `sweeper serve` on a copy of the demo
+study made small, queues it in Chromium, and captures the studies page, the plan, the live sweep
+and the results."""
 
 from __future__ import annotations
 

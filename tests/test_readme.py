@@ -1,13 +1,15 @@
-"""What the README says works, works as written: every `sweeper ...` line of its code blocks is
-run here (in a copy of the repository's studies, those it runs made small), or is named below
-with the reason it cannot run in a test; `--help` of every command; the command table is the
-CLI's own (cog)."""
+"""What the README and the docs say works, works as written: every `sweeper ...` line of their
+code blocks is run here (in a copy of the repository's studies, those it runs made small; the
+LM Studio tutorial's against the LM Studio test server on LM Studio's default address), or is
+named below with the reason it cannot run in a test; `--help` of every command; every part cog
+writes from the code or from `benchmarks/results/` is what cog writes today."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +20,17 @@ from conftest import tiny_probes
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
+#: The pages whose commands run here: the README and every docs page.
+PAGES = [README, *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)]
+#: Where the command table lives (`sweeper --help`'s commands, each with its synopsis).
+CLI_PAGE = ROOT / "docs" / "reference" / "cli.md"
+#: LM Studio's default address, where the LM Studio tutorial's commands find the test server.
+LMSTUDIO_PORT = 1234
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 
-#: README lines that cannot run in a test, and why (a line missing here and from the runnable
-#: ones fails the test: nothing is skipped silently).
+#: Documented lines that cannot run in a test, and why (a line missing here and from the
+#: runnable ones fails the test: nothing is skipped silently).
 NOT_HERE = {
-    "sweeper run studies/lmstudio-quick.toml": "needs a running LM Studio",
     "sweeper run studies/rtx3060-gpt-oss-20b.toml --timeout 8h": "needs LM Studio and a GPU",
     "sweeper run studies/rtx3060-gpt-oss-20b.toml --storage "
     "postgresql://sweeper:PASSWORD@db-host/sweeper --timeout 8h": "needs a database host",
@@ -40,7 +47,14 @@ NOT_HERE = {
     "sweeper serve --studies ~/sweeps --port 9000": "runs until stopped, on a folder of the "
     "user's; --studies is tested in tests/test_service.py, --port by the browser test",
     "sweeper compare studies/demo.toml --config one-thread.toml --config two-threads.toml "
-    "--repeats 4": "an example of output; the tour's compare line runs",
+    "--repeats 4": "needs the two files the page shows; the tour's compare line runs, and "
+    "tests/test_compare.py compares configuration files",
+    "sweeper export studies/rtx3060-gpt-oss-20b.toml --workload long --format lmstudio "
+    "--install": "needs the article's study swept (LM Studio and a GPU), and writes into LM "
+    "Studio's own folder; tests/test_export.py installs into a temporary one",
+    "sweeper export studies/rtx3060-gpt-oss-20b.toml --workload long --format model-yaml "
+    "-o model.yaml": "needs the article's study swept (LM Studio and a GPU); "
+    "tests/test_export.py writes every format",
 }
 
 #: The shipped studies the README runs, small enough for a test (the README's commands run on
@@ -58,14 +72,24 @@ SMALL = {
         "max_tokens = 96": "max_tokens = 12",
         "repeats = 2": "repeats = 1",
     },
+    "lmstudio-quick.toml": {
+        "trials = 6": "trials = 2",
+        "max_tokens = 32": "max_tokens = 8",
+        "max_tokens = 64": "max_tokens = 12",
+        "repeats = 2": "repeats = 1",
+    },
 }
 
 
-def readme_commands() -> list[str]:
-    """Every line of a code block that runs sweeper, as a user would type it."""
+def page_commands(page: Path) -> list[str]:
+    """Every line of a page's code blocks that runs sweeper, as a user would type it (in a
+    block of program output, only the `$ ` lines: the rest is what sweeper printed)."""
     lines = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    text = page.read_text(encoding="utf-8")
+    for lang, block in re.findall(r"```([a-z]*)\n(.*?)```", text, re.S):
         for line in block.splitlines():
+            if lang == "text" and not line.startswith("$ "):
+                continue
             line = line.split(" #")[0].strip().removeprefix("$ ")
             line = re.sub(r"^(\.venv[/\\](bin|Scripts)[/\\])", "", line)
             if line.startswith("sweeper "):
@@ -73,10 +97,13 @@ def readme_commands() -> list[str]:
     return lines
 
 
-@pytest.mark.real
-def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
-    commands = readme_commands()
-    assert len(commands) >= 10
+def documented_commands() -> list[str]:
+    """Every page's commands, each once, in the order a reader meets them (the README first)."""
+    return list(dict.fromkeys(c for page in PAGES for c in page_commands(page)))
+
+
+def small_studies(tmp_path: Path) -> Path:
+    """A copy of the repository's studies with the ones the pages run made small."""
     studies = tmp_path / "studies"
     shutil.copytree(ROOT / "studies", studies, ignore=shutil.ignore_patterns("*.db", "*.log"))
     for name, small in SMALL.items():
@@ -85,26 +112,75 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
             assert old in text, old
             text = text.replace(old, new)
         (studies / name).write_text(tiny_probes(text))
+    return studies
+
+
+def run_as_written(command: str, cwd: Path) -> None:
+    result = subprocess.run(
+        [SWEEPER, *shlex.split(command)[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+    check_shape(command, result.stdout)
+
+
+def on_lmstudio(command: str) -> bool:
+    return "studies/lmstudio" in command
+
+
+def test_the_pages_commands_are_counted() -> None:
+    """Each page's commands are found (a page whose code blocks changed shape would silently
+    drop out of the test otherwise), and the LM Studio tutorial holds its commands."""
+    by_page = {p.relative_to(ROOT).as_posix(): page_commands(p) for p in PAGES}
+    assert len(by_page["README.md"]) >= 10
+    assert "sweeper run studies/lmstudio-quick.toml" in by_page["docs/tutorial/lmstudio.md"]
+    assert "sweeper run studies/llama-server-quick.toml" in by_page["docs/tutorial/llamacpp.md"]
+    commands = documented_commands()
+    runnable = [c for c in commands if c not in NOT_HERE]
+    assert len(runnable) >= 13, runnable
+    forever = [c for c in runnable if c.split()[1] in ("serve", "dashboard")]
+    assert not forever, f"these run until stopped: excuse them in NOT_HERE, with why: {forever}"
+
+
+@pytest.mark.real
+def test_every_documented_command_runs_as_written(tmp_path: Path) -> None:
+    commands = [c for c in documented_commands() if not on_lmstudio(c)]
+    small_studies(tmp_path)
     assert {f"studies/{name}" for name in SMALL} >= {
         c.split()[2] for c in commands if c.split()[1] == "run" and c not in NOT_HERE
-    }, "a study the README runs is run here at full size"
+    }, "a study the pages run is run here at full size"
     ran = []
     for command in commands:
-        if command in NOT_HERE or ("lmstudio" in command and "studies/lmstudio" in command):
-            assert command in NOT_HERE, f"README line neither runnable here nor excused: {command}"
+        if command in NOT_HERE:
             continue
-        result = subprocess.run(
-            [SWEEPER, *shlex.split(command)[1:]],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
-        check_shape(command, result.stdout)
+        run_as_written(command, tmp_path)
         ran.append(command)
-    assert not set(NOT_HERE) - set(commands), "excused lines that are no longer in the README"
-    assert len(ran) >= 8
+    assert not set(NOT_HERE) - set(documented_commands()), "excused lines no page holds"
+    assert len(ran) >= 10
+
+
+@pytest.mark.real
+def test_the_lmstudio_tutorials_commands_run_against_lmstudios_default_address(
+    tmp_path: Path, model_path: str
+) -> None:
+    """As a user types them, with no --host: sweeper finds the LM Studio test server where it
+    finds LM Studio (the SDK's port discovery, then 127.0.0.1:1234)."""
+    from lmstudio_server import LMStudioTestServer, ServerModel
+
+    commands = [c for c in documented_commands() if on_lmstudio(c) and c not in NOT_HERE]
+    assert "sweeper run studies/lmstudio-quick.toml" in commands
+    small_studies(tmp_path)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", LMSTUDIO_PORT)) == 0:
+            pytest.fail(f"something (LM Studio?) listens on {LMSTUDIO_PORT}: stop it to test")
+    model = ServerModel("google/gemma-3-270m", model_path)
+    with LMStudioTestServer([model], port=LMSTUDIO_PORT) as server:
+        for command in commands:
+            run_as_written(command, tmp_path)
+        assert server.log.loads, "the commands did not reach the server"
 
 
 def check_shape(command: str, out: str) -> None:
@@ -115,7 +191,7 @@ def check_shape(command: str, out: str) -> None:
         assert first.startswith("ran ") and " trials; " in first, out
         assert "see the fronts with: sweeper pareto" in out
     elif name == "status":
-        assert first.startswith("study demo (sqlite:///"), out
+        assert re.match(r"study [\w.-]+ \(sqlite:///", first), out
         assert "recommended short: trial " in out
     elif name == "pareto":
         assert re.match(r"short: \d+ trials on the front \(median of \d+ runs", first), out
@@ -144,18 +220,31 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("command", ["", *COMMANDS])
-def test_help(command: str) -> None:
-    result = subprocess.run(
-        [SWEEPER, *([command] if command else []), "--help"], capture_output=True, text=True
-    )
+def test_help_of_the_installed_command() -> None:
+    result = subprocess.run([SWEEPER, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("Usage: sweeper")
 
 
-def test_the_command_table_is_the_clis_own() -> None:
-    """`cog -r README.md` writes the table from the CLI; here it must already be so."""
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str) -> None:
+    """In this process: the installed command is the test above's (a process each cost 1.5 s)."""
+    from click.testing import CliRunner
+
+    from sweeper.cli import cli
+
+    result = CliRunner().invoke(cli, [command, "--help"], prog_name="sweeper")
+    assert result.exit_code == 0 and result.output.startswith(f"Usage: sweeper {command} "), (
+        result.output
+    )
+
+
+def test_what_cog_writes_is_up_to_date() -> None:
+    """`make cog` writes the command table, every command's help, the settings, the failure
+    reasons, the study file's keys, the routes, the module map and every benchmark figure; here
+    they must already be so."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "cog"), "--check", str(README)],
+        [str(Path(sys.executable).parent / "cog"), "-I", "docs", "--check", *map(str, PAGES)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
     )
@@ -165,7 +254,7 @@ def test_the_command_table_is_the_clis_own() -> None:
 def test_every_command_is_in_the_table() -> None:
     from sweeper.cli import cli
 
-    text = README.read_text(encoding="utf-8")
+    text = CLI_PAGE.read_text(encoding="utf-8")
     assert sorted(cli.commands) == sorted(COMMANDS)  # a new command joins the --help test
     for name in cli.commands:
         assert f"| `sweeper {name} " in text, name

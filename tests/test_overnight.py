@@ -38,7 +38,7 @@ TINY = (
 @pytest.mark.real
 def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgres_url: str) -> None:
     path = write_study(TINY)
-    args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "12", "--no-confirm"]
+    args = [SWEEPER, "run", str(path), "--storage", postgres_url, "--trials", "8", "--no-confirm"]
     # two rigs: each has its own home (and machine lock); on one rig the second would wait
     workers = [
         subprocess.Popen(
@@ -57,7 +57,7 @@ def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgre
     # sweeper's own storage: a connection per operation, none left open for the GC to find
     study = optuna.load_study(study_name="real", storage=open_storage(postgres_url))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 12
+    assert len(complete) == 8
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     assert [t.user_attrs.get("tag") for t in study.trials].count("baseline") == 1
@@ -65,7 +65,7 @@ def test_two_workers_share_one_postgresql_study(write_study: WriteStudy, postgre
     status = CliRunner().invoke(cli, ["status", str(path), "--storage", postgres_url, "--json"])
     assert status.exit_code == 0
     summary = json.loads(status.stdout)
-    assert summary["complete"] == 12
+    assert summary["complete"] == 8
     assert len(summary["workers"]) == 2  # both workers are visible, with their trial counts
     # not a queued baseline re-run, nor a trial that yielded to the other worker's at the target
     ran = [t for t in study.trials if t.state not in (TrialState.WAITING, TrialState.PRUNED)]
@@ -112,7 +112,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     path = write_study(text)
     storage = f"sqlite:///{path.parent / 'real.db'}"
     proc = subprocess.Popen(
-        [SWEEPER, "run", str(path), "--trials", "4", "--no-confirm"],
+        [SWEEPER, "run", str(path), "--trials", "3", "--no-confirm"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -145,7 +145,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     assert not any(_alive(w) for w in workers)
 
     result = subprocess.run(
-        [SWEEPER, "run", str(path), "--trials", "4", "--no-confirm"],
+        [SWEEPER, "run", str(path), "--trials", "3", "--no-confirm"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -160,7 +160,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == running[0]]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == by_number[running[0]].params
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
 
 
 def test_a_storage_a_child_is_creating_is_opened_once_its_tables_are_made(

@@ -122,7 +122,7 @@ def test_output_through_a_pipe_on_windows_code_pages(tmp_path: Path, encoding: s
         assert result.returncode == 0, result.stderr.decode(encoding, "replace")
         return result.stdout.decode(encoding)  # strict: what was written is that code page
 
-    run("run", study)
-    for out in (run("pareto", study), run("status", study), run("confirm", study)):
+    run("run", study, "--no-confirm")  # the confirmation's output is the confirm command's
+    for out in (run("pareto", study), run("status", study), run("confirm", study, "--rounds", 3)):
         name = "短い" if encoding == "cp932" else "??"
         assert f"{name}: " in out

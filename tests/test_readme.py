@@ -61,13 +61,14 @@ NOT_HERE = {
 #: them as written): small budgets and token caps, and tiny probes and confirmations.
 SMALL = {
     "demo.toml": {
-        "trials = 12": "trials = 4",
+        "trials = 12": "trials = 3",
+        "promote = 2": "promote = 1",
         "max_tokens = 48": "max_tokens = 8",
         "max_tokens = 96": "max_tokens = 12",
         "repeats = 3": "repeats = 1",
     },
     "llama-server-quick.toml": {
-        "trials = 8": "trials = 3",
+        "trials = 8": "trials = 2",
         "max_tokens = 48": "max_tokens = 8",
         "max_tokens = 96": "max_tokens = 12",
         "repeats = 2": "repeats = 1",

@@ -357,7 +357,10 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
 
     resumed = subprocess.run(
-        [SWEEPER, "run", str(path), "--trials", "3"], capture_output=True, text=True, timeout=120
+        [SWEEPER, "run", str(path), "--trials", "3", "--no-confirm"],  # the resume is asserted
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert resumed.returncode == 0, resumed.stderr
     trials = optuna.load_study(study_name="fake", storage=storage).trials

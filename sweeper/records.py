@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.backends import stored_model_layers
 from sweeper.errors import FailureReason
 from sweeper.measurement import (
     Estimate,
@@ -161,10 +162,7 @@ class TrialRecord:
     @property
     def model_layers(self) -> int | None:
         """The model's layer count as the engine reported it, when it did."""
-        layers = self.applied.get("model_layers")
-        if layers is None:  # studies written before the key existed
-            layers = self.applied.get("llama.cpp", {}).get("n_layers")
-        return int(layers) if layers else None
+        return stored_model_layers(self.applied)
 
 
 def read(t: FrozenTrial) -> TrialRecord:

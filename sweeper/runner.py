@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sweeper import screening, system
 from sweeper.backends import Backend, backend_class, create_backend
-from sweeper.backends.neighbours import Neighbours
 from sweeper.errors import EngineLost, FailureReason, SweeperError, TrialFailure
 from sweeper.measure import Adaptive, measure_workloads, timed
 from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.memory import gpu_memory_used_mb
 from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings
+from sweeper.system.neighbours import Neighbours
 from sweeper.workloads import Sampling, Workload
 
 if TYPE_CHECKING:
@@ -192,10 +192,10 @@ def measure(
     gpu_mb = gpu_memory_used_mb()
     said = backend.unload()
     if said:  # the engine's last words (llama-server: its memory breakdown per device)
-        applied = {**applied, "on_unload": said}
+        applied = applied.with_extras(on_unload=said)
     busy = neighbours.heavy() if neighbours else []
     if busy:  # a warning on the trial: they shared the CPU its numbers depend on
-        applied = {**applied, "busy_processes": busy}
+        applied = applied.with_extras(busy_processes=busy)
     return TrialOutcome(
         applied=applied,
         load_s=load_s,
@@ -243,8 +243,8 @@ def run_in_child(
                 kind = message[0]
                 if kind == "done":
                     outcome: TrialOutcome = message[1]
-                    if outcome.applied.get("busy_processes"):
-                        busy = "; ".join(outcome.applied["busy_processes"])
+                    if outcome.applied.extras.get("busy_processes"):
+                        busy = "; ".join(outcome.applied.extras["busy_processes"])
                         log.warning("busy outside sweeper during this trial: %s", busy)
                     return outcome
                 if kind == "failure":

@@ -5,7 +5,7 @@ proposals already measured answered from storage. Pure functions over trial reco
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -46,7 +46,7 @@ def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[st
 
 
 def unset_swept(
-    config: StudyConfig, settings: LoadSettings, applied: dict[str, Any]
+    config: StudyConfig, settings: LoadSettings, applied: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Swept settings that ``settings`` (the baseline's) leaves to the engine, as the engine
     reports it applied them (only values sweeper could send back as they are)."""

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FAKE_STUDY, WriteStudy, fake_runner, front_points
+from fake_backend import FakeBackend, default_behaviour
 from sweeper import config as studyfile
 from sweeper import plan, records, schedule, screening
-from sweeper.backends.fake import FakeBackend, default_behaviour
 from sweeper.cli import cli
 from sweeper.measurement import Probe, Run
 from sweeper.records import FULL, SCREEN

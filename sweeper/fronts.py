@@ -158,9 +158,9 @@ def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
 def unreliable(recs: Sequence[TrialRecord]) -> set[int]:
     """Trials measured between two baseline runs that disagree: a baseline re-run that moved
     beyond its noise makes every trial since the previous one suspect."""
-    anchors = [r for r in recs if r.is_anchor and r.state == TrialState.COMPLETE]
+    baseline_runs = [r for r in recs if r.is_baseline_run and r.state == TrialState.COMPLETE]
     out: set[int] = set()
-    for before, check in itertools.pairwise(anchors):
+    for before, check in itertools.pairwise(baseline_runs):
         if check.drift:
             out.update(range(before.number + 1, check.number))
     return out

@@ -75,7 +75,7 @@ class Objective:
         system.raise_if_stopped()
         cfg = self.config
         tag = records.tag_of(trial)
-        is_anchor = tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
+        baseline_run = tag in (Tag.BASELINE, Tag.DRIFT_CHECK)
         recs = self.snapshot = records.load(trial.study)
         if limit is not None and schedule.surplus(recs, trial.number, limit):
             trial.study.stop()
@@ -84,8 +84,8 @@ class Objective:
             # Two workers starting together may both enqueue the baseline: the second run
             # of it is kept as a repeat measurement, under its own tag.
             records.set_tag(trial, Tag.BASELINE_REPEAT)
-        settings = cfg.space.suggest(trial, cfg.baseline if is_anchor else None)
-        if is_anchor:  # what the first baseline left to the engine is sent explicitly now
+        settings = cfg.space.suggest(trial, cfg.baseline if baseline_run else None)
+        if baseline_run:  # what the first baseline left to the engine is sent explicitly now
             settings = settings.replace(**schedule.pinned_baseline(recs))
         records.start(trial, settings, self.worker, self.machine)
         log.info("trial %d start: %s", trial.number, json.dumps(settings.to_dict()))
@@ -109,14 +109,14 @@ class Objective:
             adaptive=adaptive(cfg, recs) if full else None,
             # the baseline's re-runs are screened too: how far apart two screenings of one
             # configuration are sets how close to the best a finalist must be
-            screen=screen_plan(cfg, base) if screening and tag != Tag.FULL else None,
+            screen=screen_plan(cfg, base) if screening and tag != Tag.PROMOTED else None,
         )
         try:
             outcome = self.runner(settings, self.progress, the_plan)
         except TrialFailure as exc:
             return self._infeasible(trial, exc.reason, exc.detail, wall_s=self.clock() - start)
         values = record(trial, cfg, settings, outcome, self.clock() - start, base)
-        if records.tag_of(trial) == Tag.BASELINE_CHECK:
+        if records.tag_of(trial) == Tag.DRIFT_CHECK:
             check_drift(trial, outcome, recs)
         return values
 
@@ -248,7 +248,7 @@ def check_drift(trial: optuna.Trial, outcome: TrialOutcome, recs: Sequence[Trial
     records.drift(trial, moved)
     if not moved:
         return
-    checks = [r.number for r in recs if r.is_anchor and r.number < trial.number]
+    checks = [r.number for r in recs if r.is_baseline_run and r.number < trial.number]
     since = max(checks) if checks else 0
     event = {"check_trial": trial.number, "since_trial": since, "tok_s_change_pct": moved}
     studyrecord.add_drift_event(trial.study, event)

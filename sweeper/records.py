@@ -36,11 +36,11 @@ class Tag(enum.StrEnum):
 
     BASELINE = "baseline"
     #: the baseline run again to catch the machine changing under the sweep
-    BASELINE_CHECK = "baseline-check"
+    DRIFT_CHECK = "baseline-check"
     #: a second worker's run of the baseline (several workers started together)
     BASELINE_REPEAT = "baseline-repeat"
     #: a screened configuration promoted to a full measurement
-    FULL = "full"
+    PROMOTED = "full"
 
 
 #: How a trial was measured: every workload to its end, repeated ("full", as every trial was
@@ -133,9 +133,9 @@ class TrialRecord:
         return self.tag == Tag.BASELINE
 
     @property
-    def is_anchor(self) -> bool:
+    def is_baseline_run(self) -> bool:
         """A measurement of the baseline's settings on purpose (the first, or a re-run)."""
-        return self.tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
+        return self.tag in (Tag.BASELINE, Tag.DRIFT_CHECK)
 
     def infeasible_reason(self, workload: str | None = None) -> str | None:
         """Why the trial is infeasible (for ``workload`` when given), or None."""

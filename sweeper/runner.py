@@ -88,7 +88,7 @@ class TrialPlan:
     screen: ScreenPlan | None = None
 
 
-FULL = TrialPlan()
+WORKLOADS = TrialPlan()
 
 
 def worker_spec(
@@ -117,7 +117,7 @@ class Runner(Protocol):
     """Measures one configuration and returns what was measured, or raises TrialFailure."""
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome: ...
 
 
@@ -129,7 +129,7 @@ class InProcessRunner:
     spec: WorkerSpec
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome:
         return measure(self.backend, self.spec, settings, progress, plan, measures_own_memory=True)
 
@@ -142,7 +142,7 @@ class ChildProcessRunner:
     timeout_s: float
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome:
         return run_in_child(self.spec, settings, self.timeout_s, progress, plan)
 
@@ -152,7 +152,7 @@ def measure(
     spec: WorkerSpec,
     settings: LoadSettings,
     progress: Progress | None = None,
-    plan: TrialPlan = FULL,
+    plan: TrialPlan = WORKLOADS,
     *,
     measures_own_memory: bool,
 ) -> TrialOutcome:
@@ -220,7 +220,7 @@ def run_in_child(
     settings: LoadSettings,
     timeout_s: float,
     progress: Progress | None = None,
-    plan: TrialPlan = FULL,
+    plan: TrialPlan = WORKLOADS,
 ) -> TrialOutcome:
     """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
     with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:

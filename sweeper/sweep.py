@@ -92,7 +92,7 @@ class Sweep:
         target = trials or self.config.budget.trials
         before = len(study.get_trials(deepcopy=False, states=_FINISHED))
         recs = enqueue_start(study, self.config)
-        promoted = sum(r.tag == Tag.FULL and r.state == TrialState.COMPLETE for r in recs)
+        promoted = sum(r.tag == Tag.PROMOTED and r.state == TrialState.COMPLETE for r in recs)
         done = sum(r.state == TrialState.COMPLETE for r in recs) - promoted
         screening = self.config.measure.screening
         if done < target:
@@ -134,9 +134,9 @@ class Sweep:
 
         def after(study: optuna.Study, trial: FrozenTrial) -> None:
             recs = self.objective.after(trial)
-            params = schedule.recheck_due(recs, self.config.measure, self.now())
+            params = schedule.drift_check_due(recs, self.config.measure, self.now())
             if params is not None:
-                records.enqueue(study, params, Tag.BASELINE_CHECK)
+                records.enqueue(study, params, Tag.DRIFT_CHECK)
             reserve = schedule.reserve_s(self.config, recs)
             if timeout_s is not None and self.clock() - start + reserve >= timeout_s:
                 study.stop()
@@ -178,7 +178,7 @@ def enqueue_grid(
 def promote(study: optuna.Study, config: StudyConfig) -> int:
     """Queue the screening's finalists for a full measurement; how many trials wait."""
     for r in schedule.finalists(config, records.load(study)):
-        records.enqueue(study, r.params, Tag.FULL, promoted_from=r.number)
+        records.enqueue(study, r.params, Tag.PROMOTED, promoted_from=r.number)
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 

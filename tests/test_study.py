@@ -431,6 +431,7 @@ def test_a_study_from_before_the_layout_change_resumes(tmp_path: Path) -> None:
     config = studyfile.load(study_file)
     recs = records.load(open_study(config))
     assert [r.tag for r in recs[:4]] == ["baseline", None, None, "baseline-check"]
+    assert [r.is_baseline_run for r in recs[:4]] == [True, False, False, True]  # its drift check
     assert [r.state for r in recs].count(TrialState.COMPLETE) >= 6  # (a drift check may wait)
     assert studyrecord.confirmations(open_study(config))  # the old confirmation still reads
     status = CliRunner().invoke(cli, ["status", str(study_file), "--json"])

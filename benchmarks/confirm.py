@@ -24,6 +24,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import fake_backend
 from sweeper import config as studyfile
 from sweeper import confirm
 from sweeper.backends.llamacpp import LlamaCppBackend
@@ -33,6 +36,7 @@ from sweeper.runner import WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, builtin
 
+fake_backend.register()  # the study file's backend "fake" (the tests' own)
 ROUNDS = int(os.environ.get("CONFIRM_ROUNDS", "30"))
 DRAWS = int(os.environ.get("CONFIRM_DRAWS", "4000"))
 TOKENS = 32

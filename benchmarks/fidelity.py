@@ -37,7 +37,7 @@ from typing import Any
 from scipy.stats import spearmanr
 
 from sweeper.backends.llamacpp import LlamaCppBackend
-from sweeper.runner import FULL, TrialPlan, WorkerSpec, references, run_in_child
+from sweeper.runner import WORKLOADS, TrialPlan, WorkerSpec, references, run_in_child
 from sweeper.screening import ScreenPlan
 from sweeper.settings import LoadSettings
 from sweeper.workloads import Sampling, builtin
@@ -85,7 +85,7 @@ def main() -> None:
     for i, change in enumerate(order(list(CONFIGS))):
         settings = LoadSettings(**{**BASE, **change})
         start = time.perf_counter()
-        full = run_in_child(spec, settings, 1800, plan=FULL)
+        full = run_in_child(spec, settings, 1800, plan=WORKLOADS)
         full_s = time.perf_counter() - start
         result = full.workloads["long"]
         if refs is None:  # the first configuration is the baseline: its output is the text

@@ -159,9 +159,8 @@ def run_sweeper(
         warmup_tokens=config.measure.probe_tokens,
     )
     backend = RigBackend(engine)
-    sweep = Sweep(config, InProcessRunner(backend, spec))
-    rounds = dataclasses.replace(spec, repeats=1)
-    sweep.round_runner = InProcessRunner(backend, rounds)
+    rounds = InProcessRunner(backend, dataclasses.replace(spec, repeats=1))
+    sweep = Sweep(config, InProcessRunner(backend, spec), round_runner=rounds)
     study = optuna.create_study(directions=["maximize", "minimize"] * len(config.workloads))
     study.set_metric_names(metric_names([w.name for w in config.workloads]))
     studyrecord.set_study_config(study, config.describe(), __version__)

@@ -44,7 +44,7 @@ import optuna
 
 from sweeper import config as studyfile
 from sweeper import schedule
-from sweeper.runner import FULL, TrialPlan, references, run_in_child, worker_spec
+from sweeper.runner import WORKLOADS, TrialPlan, references, run_in_child, worker_spec
 from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings
 
@@ -67,7 +67,7 @@ def measure_table(config: studyfile.StudyConfig) -> dict[str, Any]:
     if "references" in partial:
         refs = {w: Reference(**r) for w, r in partial["references"].items()}
     else:
-        base = run_in_child(spec, config.baseline, 600, plan=FULL)
+        base = run_in_child(spec, config.baseline, 600, plan=WORKLOADS)
         refs = references(base.workloads)
     saved = {w: dataclasses.asdict(r) for w, r in refs.items()}
     screen = TrialPlan(full=False, screen=ScreenPlan(config.measure.depths, 32, refs))

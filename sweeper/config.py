@@ -108,14 +108,14 @@ class Measure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         return self.max_repeats or self.repeats
 
     @property
-    def recheck_trials(self) -> int | None:
+    def drift_check_every_trials(self) -> int | None:
         """Re-run the baseline after this many trials (None: not by count)."""
         if self.drift_check == "off":
             return None
         return self.drift_check if isinstance(self.drift_check, int) else self.drift_check_trials
 
     @property
-    def recheck_s(self) -> float | None:
+    def drift_check_every_s(self) -> float | None:
         """Re-run the baseline after this long (None: not by time)."""
         d = self.drift_check
         return parse_duration(d) if isinstance(d, str) and d != "off" else None

@@ -111,3 +111,7 @@ class EngineLost(TrialFailure):
 class EngineAway(SweeperError):
     """The engine did not come back within the wait, or came back as another engine: the
     sweep stops, keeping every completed trial; the same command resumes it."""
+
+
+class ExportError(SweeperError):
+    """A preset could not be written, installed or undone."""

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import __version__, system
+from sweeper.backends import backend_class
+from sweeper.errors import SweeperError
 
 
 def machine(backend: str, model: str, engine: str | None = None) -> dict[str, Any]:
@@ -31,7 +33,10 @@ def machine(backend: str, model: str, engine: str | None = None) -> dict[str, An
 
 def _version(backend: str) -> str | None:
     """The engine package's version, or sweeper's own for a backend without one."""
-    package = {"llama.cpp": "llama-cpp-python", "lmstudio": "lmstudio"}.get(backend)
+    try:
+        package = backend_class(backend).package
+    except SweeperError:  # a backend this install does not have
+        package = None
     if package is None:
         return __version__
     try:
@@ -72,12 +77,14 @@ def short_id(m: dict[str, Any]) -> str:
 
 
 def engine_known(backend: str | None, version: str | None) -> bool:
-    """Whether ``version`` names the engine itself. LM Studio's is ``LM Studio X; runtimes
-    ...``; studies from before sweeper read it hold the SDK package's version there, and a
-    LM Studio that did not answer leaves it unknown: neither is compared."""
+    """Whether ``version`` names the engine itself, as the backend says (an LM Studio that did
+    not answer left the SDK package's version there): only such versions are compared."""
     if not version:
         return False
-    return backend != "lmstudio" or version.startswith("LM Studio ")
+    try:
+        return backend is None or backend_class(backend).names_engine(version)
+    except SweeperError:
+        return True
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

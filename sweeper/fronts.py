@@ -15,9 +15,9 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from sweeper import fingerprint, stats
+from sweeper import fingerprint, objectives, stats
 from sweeper.measurement import Spread
-from sweeper.records import FULL, SCREEN, StoredWorkload, TrialRecord, baseline
+from sweeper.records import FULL, SCREEN, TrialRecord, baseline
 
 
 @dataclass(frozen=True)
@@ -110,19 +110,10 @@ def points(recs: Sequence[TrialRecord], workload: str, fidelity: str = FULL) -> 
                 reasoning_tokens=data.reasoning_tokens,
                 answer_tokens=data.answer_tokens,
                 tta_s=data.tta_s,
-                wait_s=_wait(data, ref),
+                wait_s=objectives.wait(data.runs, ref.runs if ref else None),
             )
         )
     return out
-
-
-def _wait(data: StoredWorkload, ref: StoredWorkload | None) -> Spread | None:
-    """Each run's time to first token plus the baseline's reasoning at its decode speed."""
-    thinking = ref.reasoning_tokens if ref is not None else data.reasoning_tokens
-    if not thinking:
-        return None
-    runs = zip(data.runs_tok_s, data.runs_ttft_s, strict=True)
-    return Spread.of([f + thinking / t for t, f in runs if t > 0] or [float("inf")])
 
 
 def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
@@ -156,7 +147,9 @@ def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
                 runs_ttft_s=[e.ttft_s],
                 unreliable=r.number in shaky,
                 fidelity=SCREEN,
-                wait_s=Spread.of([e.answer_s]) if e.answer_s not in (None, e.ttft_s) else None,
+                wait_s=Spread.of([objectives.screened_wait(e)])
+                if e.answer_s not in (None, e.ttft_s)
+                else None,
             )
         )
     return out
@@ -165,9 +158,9 @@ def _screened(recs: Sequence[TrialRecord], workload: str) -> list[Point]:
 def unreliable(recs: Sequence[TrialRecord]) -> set[int]:
     """Trials measured between two baseline runs that disagree: a baseline re-run that moved
     beyond its noise makes every trial since the previous one suspect."""
-    anchors = [r for r in recs if r.is_anchor and r.state == TrialState.COMPLETE]
+    baseline_runs = [r for r in recs if r.is_baseline_run and r.state == TrialState.COMPLETE]
     out: set[int] = set()
-    for before, check in itertools.pairwise(anchors):
+    for before, check in itertools.pairwise(baseline_runs):
         if check.drift:
             out.update(range(before.number + 1, check.number))
     return out

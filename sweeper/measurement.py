@@ -13,7 +13,10 @@ import dataclasses
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweeper.backends import Loaded
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ class TrialOutcome:
     """Everything a worker measured for one load configuration: the workloads in full, a
     screening, or both."""
 
-    applied: dict[str, Any]
+    applied: Loaded
     load_s: float
     workloads: dict[str, WorkloadResult]
     gen_s: float

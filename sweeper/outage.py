@@ -21,7 +21,7 @@ from sweeper import system
 from sweeper.backends import backend_class
 from sweeper.errors import EngineAway, EngineLost, FailureReason, TrialFailure
 from sweeper.measurement import TrialOutcome
-from sweeper.runner import FULL, ChildProcessRunner, Progress, Runner, TrialPlan, WorkerSpec
+from sweeper.runner import WORKLOADS, ChildProcessRunner, Progress, Runner, TrialPlan, WorkerSpec
 from sweeper.settings import LoadSettings
 
 log = logging.getLogger("sweeper")
@@ -93,7 +93,7 @@ class Riding:
     retries: int = RETRIES
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome:
         for attempt in range(self.retries + 1):
             try:

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.backends import stored_model_layers
 from sweeper.errors import FailureReason
 from sweeper.measurement import (
     Estimate,
@@ -35,11 +36,11 @@ class Tag(enum.StrEnum):
 
     BASELINE = "baseline"
     #: the baseline run again to catch the machine changing under the sweep
-    BASELINE_CHECK = "baseline-check"
+    DRIFT_CHECK = "baseline-check"
     #: a second worker's run of the baseline (several workers started together)
     BASELINE_REPEAT = "baseline-repeat"
     #: a screened configuration promoted to a full measurement
-    FULL = "full"
+    PROMOTED = "full"
 
 
 #: How a trial was measured: every workload to its end, repeated ("full", as every trial was
@@ -132,9 +133,9 @@ class TrialRecord:
         return self.tag == Tag.BASELINE
 
     @property
-    def is_anchor(self) -> bool:
+    def is_baseline_run(self) -> bool:
         """A measurement of the baseline's settings on purpose (the first, or a re-run)."""
-        return self.tag in (Tag.BASELINE, Tag.BASELINE_CHECK)
+        return self.tag in (Tag.BASELINE, Tag.DRIFT_CHECK)
 
     def infeasible_reason(self, workload: str | None = None) -> str | None:
         """Why the trial is infeasible (for ``workload`` when given), or None."""
@@ -161,10 +162,7 @@ class TrialRecord:
     @property
     def model_layers(self) -> int | None:
         """The model's layer count as the engine reported it, when it did."""
-        layers = self.applied.get("model_layers")
-        if layers is None:  # studies written before the key existed
-            layers = self.applied.get("llama.cpp", {}).get("n_layers")
-        return int(layers) if layers else None
+        return stored_model_layers(self.applied)
 
 
 def read(t: FrozenTrial) -> TrialRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ from optuna.trial import TrialState
 from sweeper import records, studyrecord
 from sweeper.config import StudyConfig
 from sweeper.fronts import Point
-from sweeper.recommend import Recommendation, per_workload
+from sweeper.recommend import Recommendation, WorkloadFront, per_workload
+from sweeper.records import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -57,36 +59,10 @@ class ReportData:
 
 def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> ReportData:
     recs = records.load(study)
-    views = []
-    for w, wf in per_workload(recs, config, None, studyrecord.confirmations(study)).items():
-        pts = wf.points
-        infeasible = []
-        for r in recs:
-            reason = r.infeasible_reason(w)
-            if r.state != TrialState.COMPLETE or reason is None:
-                continue
-            data = r.workloads.get(w)
-            infeasible.append(
-                Infeasible(
-                    trial=r.number,
-                    reason=reason,
-                    detail=r.failure_detail,
-                    settings=r.settings,
-                    tok_s=data.tok_s.median if data else None,
-                    ttft_s=data.ttft_s.median if data else None,
-                )
-            )
-        views.append(
-            WorkloadView(
-                workload=w,
-                points=pts,
-                front=wf.front,
-                infeasible=infeasible,
-                recommendation=wf.recommendation,
-                importances=importances(study, config, w, pts),
-                history=sorted((p.trial, p.tok_s.median) for p in pts),
-            )
-        )
+    views = [
+        workload_view(recs, wf, importances(study, config, w, wf.points))
+        for w, wf in per_workload(recs, config, None, studyrecord.confirmations(study)).items()
+    ]
     mismatches = [
         {"trial": r.number, **{k: f"{v[0]} -> {v[1]}" for k, v in r.mismatch.items()}}
         for r in recs
@@ -110,6 +86,40 @@ def report_data(study: optuna.Study, config: StudyConfig, storage: str) -> Repor
         machines,
         counts,
         studyrecord.drift_events(study),
+    )
+
+
+def workload_view(
+    recs: Sequence[TrialRecord],
+    wf: WorkloadFront,
+    importances: dict[str, dict[str, float]] | None = None,
+) -> WorkloadView:
+    """One workload's view: its front and recommendation (``wf``) with its infeasible trials
+    (the Pareto figure's data, for the report and the results page alike)."""
+    infeasible = []
+    for r in recs:
+        reason = r.infeasible_reason(wf.workload)
+        if r.state != TrialState.COMPLETE or reason is None:
+            continue
+        data = r.workloads.get(wf.workload)
+        infeasible.append(
+            Infeasible(
+                trial=r.number,
+                reason=reason,
+                detail=r.failure_detail,
+                settings=r.settings,
+                tok_s=data.tok_s.median if data else None,
+                ttft_s=data.ttft_s.median if data else None,
+            )
+        )
+    return WorkloadView(
+        workload=wf.workload,
+        points=wf.points,
+        front=wf.front,
+        infeasible=infeasible,
+        recommendation=wf.recommendation,
+        importances=importances or {},
+        history=sorted((p.trial, p.tok_s.median) for p in wf.points),
     )
 
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sweeper import screening, system
 from sweeper.backends import Backend, backend_class, create_backend
-from sweeper.backends.neighbours import Neighbours
 from sweeper.errors import EngineLost, FailureReason, SweeperError, TrialFailure
 from sweeper.measure import Adaptive, measure_workloads, timed
 from sweeper.measurement import TrialOutcome, WorkloadResult
 from sweeper.memory import gpu_memory_used_mb
 from sweeper.screening import Reference, ScreenPlan
 from sweeper.settings import LoadSettings
+from sweeper.system.neighbours import Neighbours
 from sweeper.workloads import Sampling, Workload
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class TrialPlan:
     screen: ScreenPlan | None = None
 
 
-FULL = TrialPlan()
+WORKLOADS = TrialPlan()
 
 
 def worker_spec(
@@ -117,7 +117,7 @@ class Runner(Protocol):
     """Measures one configuration and returns what was measured, or raises TrialFailure."""
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome: ...
 
 
@@ -129,7 +129,7 @@ class InProcessRunner:
     spec: WorkerSpec
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome:
         return measure(self.backend, self.spec, settings, progress, plan, measures_own_memory=True)
 
@@ -142,7 +142,7 @@ class ChildProcessRunner:
     timeout_s: float
 
     def __call__(
-        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = FULL
+        self, settings: LoadSettings, progress: Progress | None = None, plan: TrialPlan = WORKLOADS
     ) -> TrialOutcome:
         return run_in_child(self.spec, settings, self.timeout_s, progress, plan)
 
@@ -152,7 +152,7 @@ def measure(
     spec: WorkerSpec,
     settings: LoadSettings,
     progress: Progress | None = None,
-    plan: TrialPlan = FULL,
+    plan: TrialPlan = WORKLOADS,
     *,
     measures_own_memory: bool,
 ) -> TrialOutcome:
@@ -192,10 +192,10 @@ def measure(
     gpu_mb = gpu_memory_used_mb()
     said = backend.unload()
     if said:  # the engine's last words (llama-server: its memory breakdown per device)
-        applied = {**applied, "on_unload": said}
+        applied = applied.with_extras(on_unload=said)
     busy = neighbours.heavy() if neighbours else []
     if busy:  # a warning on the trial: they shared the CPU its numbers depend on
-        applied = {**applied, "busy_processes": busy}
+        applied = applied.with_extras(busy_processes=busy)
     return TrialOutcome(
         applied=applied,
         load_s=load_s,
@@ -220,7 +220,7 @@ def run_in_child(
     settings: LoadSettings,
     timeout_s: float,
     progress: Progress | None = None,
-    plan: TrialPlan = FULL,
+    plan: TrialPlan = WORKLOADS,
 ) -> TrialOutcome:
     """Measure in a fresh process; raise TrialFailure with a named reason if it fails."""
     with tempfile.NamedTemporaryFile(prefix="sweeper-trial-", suffix=".log", delete=False) as f:
@@ -243,8 +243,8 @@ def run_in_child(
                 kind = message[0]
                 if kind == "done":
                     outcome: TrialOutcome = message[1]
-                    if outcome.applied.get("busy_processes"):
-                        busy = "; ".join(outcome.applied["busy_processes"])
+                    if outcome.applied.extras.get("busy_processes"):
+                        busy = "; ".join(outcome.applied.extras["busy_processes"])
                         log.warning("busy outside sweeper during this trial: %s", busy)
                     return outcome
                 if kind == "failure":

@@ -5,7 +5,7 @@ proposals already measured answered from storage. Pure functions over trial reco
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -46,7 +46,7 @@ def baseline_params(config: StudyConfig, recs: Sequence[TrialRecord]) -> dict[st
 
 
 def unset_swept(
-    config: StudyConfig, settings: LoadSettings, applied: dict[str, Any]
+    config: StudyConfig, settings: LoadSettings, applied: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Swept settings that ``settings`` (the baseline's) leaves to the engine, as the engine
     reports it applied them (only values sweeper could send back as they are)."""
@@ -115,25 +115,25 @@ def orphans(
     return found
 
 
-def recheck_due(
+def drift_check_due(
     recs: Sequence[TrialRecord], m: Measure, now: datetime.datetime
 ) -> dict[str, Any] | None:
-    """The baseline's parameters when it is due to run again: after ``recheck_trials`` trials
-    or ``recheck_s`` seconds since the last run of it, whichever comes first."""
-    if m.recheck_trials is None and m.recheck_s is None:
+    """The baseline's parameters when it is due to run again: after ``drift_check_every_trials`` trials
+    or ``drift_check_every_s`` seconds since the last run of it, whichever comes first."""
+    if m.drift_check_every_trials is None and m.drift_check_every_s is None:
         return None
-    anchors = [r for r in recs if r.is_anchor]
-    if not anchors or any(r.state == TrialState.WAITING for r in anchors):
+    baseline_runs = [r for r in recs if r.is_baseline_run]
+    if not baseline_runs or any(r.state == TrialState.WAITING for r in baseline_runs):
         return None
-    last = anchors[-1]
+    last = baseline_runs[-1]
     since = [r for r in recs if r.number > last.number and r.state.is_finished()]
-    by_count = m.recheck_trials is not None and len(since) >= m.recheck_trials
+    by_count = m.drift_check_every_trials is not None and len(since) >= m.drift_check_every_trials
     by_time = (
-        m.recheck_s is not None
+        m.drift_check_every_s is not None
         and last.datetime_complete is not None
-        and (now - last.datetime_complete).total_seconds() >= m.recheck_s
+        and (now - last.datetime_complete).total_seconds() >= m.drift_check_every_s
     )
-    return anchors[0].params if by_count or by_time else None
+    return baseline_runs[0].params if by_count or by_time else None
 
 
 def drift(base: TrialRecord, outcome: TrialOutcome) -> dict[str, list[float]]:
@@ -183,7 +183,7 @@ def screening_noise(recs: Sequence[TrialRecord], workload: str) -> float:
     times = [
         r.estimates[workload].completion_s
         for r in recs
-        if r.is_anchor and r.state == TrialState.COMPLETE and workload in r.estimates
+        if r.is_baseline_run and r.state == TrialState.COMPLETE and workload in r.estimates
     ]
     times = [t for t in times if t > 0]
     return max(times) / min(times) - 1 if len(times) >= 2 else 0.0

@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+import fake_backend
+
+fake_backend.register()  # backend "fake", here and in every process a test starts
+
 FAKE_STUDY = """
 name = "fake"
 backend = "fake"
@@ -119,8 +123,8 @@ def model_path() -> str:
 @contextlib.contextmanager
 def open_backend(name: str, model_path: str) -> Iterator[Any]:
     """A backend by name on the real model (LM Studio's through its protocol test server)."""
+    from fake_backend import FakeBackend
     from lmstudio_server import LMStudioTestServer, ServerModel
-    from sweeper.backends.fake import FakeBackend
     from sweeper.backends.llamacpp import LlamaCppBackend
     from sweeper.backends.llamaserver import LlamaServerBackend, find_binary
     from sweeper.backends.lmstudio import LMStudioBackend
@@ -144,7 +148,7 @@ def open_backend(name: str, model_path: str) -> Iterator[Any]:
 
 def fake_runner(config: Any, backend: Any = None) -> Any:
     """A runner that measures ``config``'s workloads on a fake backend in this process."""
-    from sweeper.backends.fake import FakeBackend
+    from fake_backend import FakeBackend
     from sweeper.runner import InProcessRunner, WorkerSpec
 
     spec = WorkerSpec(
@@ -160,8 +164,8 @@ def fake_runner(config: Any, backend: Any = None) -> Any:
 
 def run_fake(path: Path, trials: int, behaviour: object = None) -> tuple[Any, Any]:
     """Run a fake-backend study file in this process; return (config, study)."""
+    from fake_backend import FakeBackend
     from sweeper import config as study_config
-    from sweeper.backends.fake import FakeBackend
     from sweeper.sweep import Sweep
 
     config = study_config.load(path)

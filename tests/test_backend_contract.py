@@ -40,7 +40,7 @@ def test_it_is_registered_with_what_it_can_apply(backend: Backend) -> None:
 def test_load_reports_what_was_applied_and_generation_is_measured(backend: Backend) -> None:
     progress: list[float] = []
     applied = backend.load(LoadSettings(context_length=512, cpu_threads=2), progress.append)
-    assert applied["context_length"] == 512 and applied["cpu_threads"] == 2
+    assert applied.settings["context_length"] == 512 and applied.settings["cpu_threads"] == 2
     assert all(0 <= f <= 1 for f in progress)
     run = backend.generate(SHORT, Sampling())
     assert 1 <= run.output_tokens <= SHORT.max_tokens
@@ -52,7 +52,7 @@ def test_load_reports_what_was_applied_and_generation_is_measured(backend: Backe
 def test_a_reload_applies_the_new_settings(backend: Backend) -> None:
     backend.load(LoadSettings(context_length=512, cpu_threads=2))
     applied = backend.load(LoadSettings(context_length=1024, cpu_threads=1))
-    assert (applied["context_length"], applied["cpu_threads"]) == (1024, 1)
+    assert (applied.settings["context_length"], applied.settings["cpu_threads"]) == (1024, 1)
     assert backend.generate(SHORT, Sampling()).output_tokens >= 1
 
 

@@ -10,7 +10,10 @@ from sweeper.settings import LoadSettings
 BAD_FILES = [
     # (replace old -> new in FAKE_STUDY, expected message after "<path>: ")
     ({'name = "fake"\n': ""}, "object missing required field `name`"),
-    ({'backend = "fake"': 'backend = "vllm"'}, "unknown backend 'vllm'; choose one of: fake, "),
+    (
+        {'backend = "fake"': 'backend = "vllm"'},
+        "unknown backend 'vllm'; choose one of: llama-server, ",
+    ),
     ({"trials = 4": 'trials = "four"'}, "budget.trials: expected `int`, got `str`"),
     ({"trials = 4": "trials = 0"}, "budget.trials: must be 1 or more, got 0"),
     ({"[budget]": "[budget]\nnights = 2"}, "budget: object contains unknown field `nights`"),

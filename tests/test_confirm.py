@@ -12,9 +12,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from conftest import FAKE_STUDY, WriteStudy, fake_runner, run_fake
+from fake_backend import FakeBackend, default_behaviour
 from sweeper import config as studyfile
 from sweeper import confirm
-from sweeper.backends.fake import FakeBackend, default_behaviour
 from sweeper.cli import cli
 from sweeper.measurement import Run, TrialOutcome, WorkloadResult
 from sweeper.recommend import for_study

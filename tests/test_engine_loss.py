@@ -23,8 +23,8 @@ from lmstudio_server import LMStudioTestServer, ServerModel
 from lmstudio_server.process import ServerProcess
 from sweeper import compare, outage
 from sweeper import config as studyfile
-from sweeper.backends import lmstudio_sdk
 from sweeper.backends.lmstudio import LMStudioBackend
+from sweeper.backends.lmstudio import sdk as lmstudio_sdk
 from sweeper.measure import measure_workloads
 from sweeper.runner import worker_spec
 from sweeper.settings import LoadSettings

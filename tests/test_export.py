@@ -17,6 +17,7 @@ from lmstudio._sdk_models import LlmLoadModelConfig
 from conftest import WriteStudy, front_points, run_fake
 from lmstudio_server.server import KNOWN_LOAD_KEYS, collapse, llama_kwargs
 from sweeper import export
+from sweeper.backends import backend_class, llamaserver_args
 from sweeper.backends.lmstudio import to_config
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
@@ -56,7 +57,7 @@ def preset(write_study: WriteStudy) -> export.Preset:
 
 def test_sdk_dict_is_accepted_by_the_sdk_config_types(preset: export.Preset) -> None:
     namespace: dict[str, object] = {}
-    exec(export.sdk_snippet(preset), namespace)
+    exec(export.RENDER["sdk"](preset), namespace)
     config = namespace["config"]
     LlmLoadModelConfig._from_any_dict(config)
     stack = load_config_to_kv_config_stack(config, LlmLoadModelConfig)
@@ -68,13 +69,13 @@ def test_sdk_dict_is_accepted_by_the_sdk_config_types(preset: export.Preset) -> 
         "llm.load.llama.cpuThreadPoolSize",
         "llm.load.numCpuExpertLayersRatio",
     }
-    assert "cpuThreadPoolSize=2" in export.sdk_snippet(preset)
+    assert "cpuThreadPoolSize=2" in export.RENDER["sdk"](preset)
 
 
 def test_lmstudio_json_is_read_by_the_test_servers_parser(
     preset: export.Preset, model_path: str
 ) -> None:
-    doc = json.loads(export.lmstudio_json(preset))
+    doc = json.loads(export.RENDER["lmstudio"](preset))
     assert doc["operation"] == {"fields": []}
     fields = collapse(
         {"layers": [{"layerName": "userModelDefault", "config": {"fields": doc["load"]["fields"]}}]}
@@ -94,16 +95,16 @@ def test_lmstudio_json_is_read_by_the_test_servers_parser(
 
 
 def test_model_yaml_carries_the_same_fields(preset: export.Preset) -> None:
-    doc = yaml.safe_load(export.model_yaml(preset))
+    doc = yaml.safe_load(export.RENDER["model-yaml"](preset))
     assert doc["base"] == "google/gemma-3-270m"
     assert (
         doc["config"]["load"]["fields"]
-        == json.loads(export.lmstudio_json(preset))["load"]["fields"]
+        == json.loads(export.RENDER["lmstudio"](preset))["load"]["fields"]
     )
 
 
 def test_lms_line_says_what_it_cannot_carry(preset: export.Preset) -> None:
-    text = export.lms_command(preset)
+    text = export.RENDER["lms"](preset)
     assert (
         "lms load google/gemma-3-270m --gpu 0.5 --context-length 2048 "
         "--identifier sweeper-short" in text
@@ -127,7 +128,7 @@ FLAG_TO_LLAMA = {
 
 
 def test_llama_server_flags_are_llama_cpps_own(preset: export.Preset) -> None:
-    args = export.llama_server_args(preset.settings, "m.gguf", 18)
+    args = llamaserver_args.command(preset.settings, "m.gguf", 18)
     llama_params = set(inspect.signature(Llama.__init__).parameters)
     assert set(FLAG_TO_LLAMA.values()) <= llama_params
     assert args[:7] == ["llama-server", "-m", "m.gguf", "-np", "1", "--fit", "off"]
@@ -175,10 +176,11 @@ def test_install_backs_up_the_existing_config(
         / ".lmstudio/.internal/user-concrete-model-default-config"
         / "google/gemma-3-270m.json"
     )
-    assert export.lmstudio_install_path(preset.model) == target
+    lmstudio = backend_class("lmstudio")
+    assert lmstudio.install_path(preset.model) == target
     target.parent.mkdir(parents=True)
     target.write_text('{"old": true}')
-    written, backup = export.install_lmstudio(preset)
+    written, backup = lmstudio.install(preset)
     assert written == target and backup is not None
     assert json.loads(backup.read_text()) == {"old": True}
     assert json.loads(target.read_text())["load"]["fields"]
@@ -219,5 +221,5 @@ def test_the_reasoning_effort_travels_with_the_preset(preset: export.Preset) -> 
         if name == "lmstudio":
             continue  # LM Studio's preset JSON has no place for a note (nor for a custom field)
         assert "reasoning effort high" in render(p) or '"reasoning_effort": "high"' in render(p)
-    assert "--reasoning-effort high" in export.llama_server_command(p)
+    assert "--reasoning-effort high" in export.RENDER["llama-server"](p)
     assert "reasoning effort" not in preset.header()

@@ -17,34 +17,34 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def top_level_imports(path: Path) -> set[str]:
-    """The sweeper modules a module imports when it is imported (not inside functions, not
-    for type checking only)."""
+def imports(path: Path) -> set[str]:
+    """The sweeper modules a module imports, at its top or inside a function (an import in a
+    function body closes a circle as surely, only later); not those for type checking only."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     known = {module_name(p) for p in MODULES}
 
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("sweeper"))
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweeper"):
-                base = node.module or ""
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    found.add(sub if sub in known else base)
-            elif isinstance(node, ast.If | ast.Try):
-                visit(node.body)
-                visit(getattr(node, "orelse", []))
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sweeper"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweeper"):
+            base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
 
-    visit(tree.body)
+    visit(tree)
     return found - {module_name(path)}
 
 
 def test_no_import_cycles() -> None:
-    graph = {module_name(p): top_level_imports(p) for p in MODULES}
+    graph = {module_name(p): imports(p) for p in MODULES}
     state: dict[str, str] = {}
 
     def walk(node: str, path: list[str]) -> None:
@@ -60,6 +60,20 @@ def test_no_import_cycles() -> None:
     for name in sorted(graph):
         if name not in state:
             walk(name, [name])
+
+
+def test_only_the_registry_is_imported_from_outside_backends() -> None:
+    """Outside ``backends/`` an engine is reached through the registry (``sweeper.backends``:
+    ``backend_class(name)`` and what it answers), never by importing it: each engine's
+    knowledge stays with it."""
+    reached = {
+        f"{module_name(p)} imports {dep}"
+        for p in MODULES
+        if "backends" not in p.relative_to(PACKAGE).parts
+        for dep in imports(p)
+        if dep.startswith("sweeper.backends.")
+    }
+    assert reached == set()
 
 
 def test_only_records_touches_user_attributes() -> None:
@@ -86,3 +100,14 @@ def test_only_the_system_module_starts_processes_or_asks_the_platform() -> None:
         if any(m in p.read_text(encoding="utf-8") for m in markers)
     }
     assert users == {"system"}
+
+
+def test_the_sweep_is_made_of_small_parts() -> None:
+    """The sweep's class only enqueues, optimises and promotes; one trial is objective.py's."""
+    tree = ast.parse((PACKAGE / "sweep.py").read_text(encoding="utf-8"))
+    sizes = {
+        n.name: (n.end_lineno or n.lineno) - n.lineno + 1
+        for n in tree.body
+        if isinstance(n, ast.ClassDef)
+    }
+    assert sizes and max(sizes.values()) < 150, sizes

@@ -30,9 +30,9 @@ def test_generates_and_counts_tokens_like_llama_cpp(backend: LlamaCppBackend) ->
         # the whole prompt is processed every run: no prefix cache hides prompt time
         assert run.prompt_tokens == run.backend_stats["n_p_eval"]
         assert run.ttft_s > 0 and run.decode_tok_s > 0
-    assert applied["context_length"] == 1024
-    assert applied["cpu_threads"] == 2
-    assert applied["llama.cpp"]["prompt_format"] == "gemma"
+    assert applied.settings["context_length"] == 1024
+    assert applied.settings["cpu_threads"] == 2
+    assert applied.extras["llama.cpp"]["prompt_format"] == "gemma"
     # greedy, seeded sampling: the same settings give the same output length and tokens
     assert runs[0].output_tokens == runs[1].output_tokens
 
@@ -61,9 +61,11 @@ def test_applied_config_reports_what_llama_cpp_set_up(backend: LlamaCppBackend) 
     applied = backend.load(settings)
     for name, value in settings.to_dict().items():
         if name != "gpu_offload":
-            assert applied[name] == value, name
+            assert applied.settings[name] == value, name
     # a CPU build cannot offload: the applied ratio says so instead of echoing the request
-    assert applied["gpu_offload"] == (1.0 if applied["llama.cpp"]["gpu_build"] else 0.0)
+    assert applied.settings["gpu_offload"] == (
+        1.0 if applied.extras["llama.cpp"]["gpu_build"] else 0.0
+    )
     assert backend.generate(SHORT, Sampling()).output_tokens == SHORT.max_tokens
 
 
@@ -86,7 +88,7 @@ def test_a_load_that_cannot_allocate_is_oom(model_path: str) -> None:
 def test_a_trial_in_a_worker(model_path: str) -> None:
     spec = WorkerSpec("llama.cpp", model_path, (SHORT,), Sampling(), 2, 1)
     outcome = run_in_child(spec, LoadSettings(context_length=512, cpu_threads=1), 120)
-    assert outcome.applied["cpu_threads"] == 1
+    assert outcome.applied.settings["cpu_threads"] == 1
     result = outcome.workloads["short"]
     assert len(result.runs) == 2 and len(result.warmup) == 1
     assert result.output_tokens.median == 12

@@ -112,9 +112,10 @@ def test_what_the_server_applied_is_read_back(backend: LlamaServerBackend) -> No
     )
     applied = backend.load(settings)
     for name, value in settings.to_dict().items():
-        assert applied[name] == value, name
-    assert applied["llama-server"]["build_info"] and not applied["llama-server"]["swa_full"]
-    assert applied["llama-server"]["prompt_format"] == "gemma"  # no template in this GGUF
+        assert applied.settings[name] == value, name
+    extras = applied.extras["llama-server"]
+    assert extras["build_info"] and not extras["swa_full"]
+    assert extras["prompt_format"] == "gemma"  # no template in this GGUF
     run = backend.generate(SHORT, Sampling())
     assert run.output_tokens == SHORT.max_tokens == run.backend_stats["predicted_n"]
     assert run.stop_reason == "max_tokens"

@@ -4,12 +4,15 @@ CI runs Linux: these run sweeper in subprocesses with those modules made unimpor
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from sweeper.backends import EXTRA_BACKENDS
 
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 STUDY = """
@@ -45,7 +48,8 @@ def without(modules: set[str], tmp_path: Path) -> dict[str, str]:
         """)
     )
     return {
-        "PYTHONPATH": str(site),
+        "PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)]),  # the fake's
+        EXTRA_BACKENDS: os.environ[EXTRA_BACKENDS],
         "PATH": str(Path(sys.executable).parent),
         # its own lock and queue: a lock file another lock flavour left in ~/.sweeper would hold
         # filelock's soft fallback (no fcntl, no msvcrt) for ever
@@ -114,6 +118,7 @@ def test_output_through_a_pipe_on_windows_code_pages(tmp_path: Path, encoding: s
     study = tmp_path / "s.toml"
     study.write_text(STUDY.format(workload="短い"), encoding="utf-8")
     env = {"PYTHONIOENCODING": encoding, "PATH": str(Path(sys.executable).parent)}
+    env |= {"PYTHONPATH": str(Path(__file__).parent), EXTRA_BACKENDS: os.environ[EXTRA_BACKENDS]}
 
     def run(*args: object) -> str:
         result = subprocess.run(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from conftest import WriteStudy, front_points, run_fake
-from sweeper.backends.fake import default_behaviour
+from fake_backend import default_behaviour
 from sweeper.config import Rule
 from sweeper.measurement import Run
 from sweeper.recommend import recommend

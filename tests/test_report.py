@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import WriteStudy, chromium_path, run_fake
-from sweeper.backends.fake import FAKE_OOM_CONTEXT
+from fake_backend import FAKE_OOM_CONTEXT
 from sweeper.cli import cli
+from sweeper.pareto import pareto_figure
 from sweeper.report import report_data
-from sweeper.report_html import pareto_figure
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 

@@ -90,8 +90,8 @@ def test_a_short_sweep_of_the_articles_study_confirms_a_gain_over_before(tmp_pat
         assert "simulated" in fingerprint.machine("lmstudio", spec.model, engine)["backend_version"]
         with LMStudioBackend(spec.model, **dict(spec.options)) as backend:
             runner = InProcessRunner(backend, spec)
-            sweep = Sweep(config, runner)
-            sweep.round_runner = InProcessRunner(backend, dataclasses.replace(spec, repeats=1))
+            rounds = InProcessRunner(backend, dataclasses.replace(spec, repeats=1))
+            sweep = Sweep(config, runner, round_runner=rounds)
             study = sweep.open()
             sweep.run(study)
             confirm.confirm_study(study, config, sweep.round_runner)

@@ -21,12 +21,12 @@ from click.testing import CliRunner
 from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
-from conftest import FAKE_STUDY, run_fake
-from sweeper import lock, records
+from conftest import FAKE_STUDY, WriteStudy, run_fake
+from sweeper import installs, lock, records
 from sweeper.cli import cli
 from sweeper.errors import SweeperError
 from sweeper.measurement import CandidateResult, Confirmation
-from sweeper.service import events, installs, shared
+from sweeper.service import events, shared
 from sweeper.service.app import create_app
 from sweeper.service.events import Hub
 from sweeper.service.queue import QUEUED, RUNNING, STOPPED, Queue, Sweep
@@ -44,9 +44,12 @@ def studies(tmp_path: Path) -> Path:
     return d
 
 
+BASE = "http://127.0.0.1:8765"
+
+
 def client(studies: Path, tmp_path: Path, **kw: Any) -> TestClient:
     app = create_app(studies, tmp_path / "state", **kw)
-    return TestClient(app, base_url="http://127.0.0.1:8765")
+    return TestClient(app, base_url=BASE)
 
 
 @pytest.fixture
@@ -404,6 +407,40 @@ def test_install_in_lmstudio_keeps_other_fields_and_undoes(web: TestClient, swep
     twin = web.get("/api/studies/fake.toml/presets/short/lmstudio").json()  # the download's
     assert (twin["file"], twin["text"]) == ("fake-short.json", preset.text)
     assert web.get("/api/studies/fake.toml/presets/short/nope").status_code == 404
+
+
+def test_an_install_from_the_cli_is_undone_by_the_service(studies: Path, swept: Path) -> None:
+    """One install history for both faces: `sweeper serve` keeps it where the CLI writes it."""
+    target = swept / ".lmstudio/.internal/user-concrete-model-default-config/fake-model.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(LMSTUDIO_CONFIG))
+    study = str(studies / "fake.toml")
+    export = ["export", study, "-w", "short", "--format", "lmstudio", "--install"]
+    state = lock.home() / "service"  # what `sweeper serve` uses
+    with TestClient(create_app(studies, state, supervise=False), base_url=BASE) as web:
+        by_cli = CliRunner().invoke(cli, export)
+        assert by_cli.exit_code == 0, by_cli.stderr
+        assert "as install 1" in by_cli.stderr and "undo restores the whole file" in by_cli.stderr
+        assert json.loads(target.read_text()) != LMSTUDIO_CONFIG
+        assert web.post("/api/installs/1/undo").json()["undone"] is True
+        assert json.loads(target.read_text()) == LMSTUDIO_CONFIG
+
+        assert web.post("/api/studies/fake.toml/install/short").json()["n"] == "2"
+        assert json.loads(target.read_text()) != LMSTUDIO_CONFIG
+
+
+def test_the_cli_installs_only_a_confirmed_preset(
+    write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write_study()
+    run_fake(path, trials=3)  # swept, not confirmed
+    r = CliRunner().invoke(
+        cli, ["export", str(path), "-w", "short", "--format", "lmstudio", "--install"]
+    )
+    assert r.exit_code == 2
+    assert "only a recommendation confirmed side by side is installed" in r.stderr
+    assert not (tmp_path / ".lmstudio").exists()
 
 
 def test_a_damaged_install_history_is_refused_not_overwritten(

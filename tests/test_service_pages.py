@@ -97,6 +97,8 @@ def test_results_show_the_finalists_side_by_side_and_settings_as_changes(
         low, high = c["completion_pct"][1:]
         assert f"[{low:+.1f}, {high:+.1f}]" in page
         assert c["changes"] and "{" not in c["changes"]
+    layout = short["figure"]["layout"]  # the report's figure: tok/s across, as in the report
+    assert layout["xaxis"]["title"]["text"] == "decode tok/s (higher is better)"
     front = short["front"]
     assert any(p["changes"] == "your settings" for p in front) or all(
         "(yours: " in p["changes"] or p["changes"] for p in front

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FAKE_STUDY, WriteStudy, fake_runner, front_points
+from fake_backend import FakeBackend, default_behaviour
 from sweeper import config as studyfile
 from sweeper import plan, records, schedule, screening
-from sweeper.backends.fake import FakeBackend, default_behaviour
 from sweeper.cli import cli
 from sweeper.measurement import Probe, Run
 from sweeper.records import FULL, SCREEN
@@ -80,7 +80,7 @@ def test_finalists_come_from_within_the_screenings_own_noise(write_study: WriteS
         w: dataclasses.replace(e, completion_s=e.completion_s * 1.4)
         for w, e in base.estimates.items()
     }
-    check = dataclasses.replace(base, number=99, tag=records.Tag.BASELINE_CHECK, estimates=slower)
+    check = dataclasses.replace(base, number=99, tag=records.Tag.DRIFT_CHECK, estimates=slower)
     assert schedule.screening_noise([*recs, check], "short") == pytest.approx(0.4)
     noisy = schedule.finalists(config, [*recs, check])
     assert len(noisy) > len(quiet)
@@ -90,7 +90,7 @@ def test_finalists_come_from_within_the_screenings_own_noise(write_study: WriteS
 def test_the_baselines_rerun_is_screened_too(write_study: WriteStudy) -> None:
     path = write_study(STAGED.replace("screening = true", "screening = true\ndrift_check = 3"))
     _, study = staged_sweep(path, trials=6, behaviour=slower_with_depth)
-    checks = [r for r in records.load(study) if r.tag == records.Tag.BASELINE_CHECK]
+    checks = [r for r in records.load(study) if r.tag == records.Tag.DRIFT_CHECK]
     assert checks and all(r.workloads and set(r.estimates) == {"short", "long"} for r in checks)
 
 

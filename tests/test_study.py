@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from conftest import WriteStudy, fake_runner, front_points
+from conftest import FAKE_STUDY, WriteStudy, fake_runner, front_points, run_fake
+from fake_backend import FAKE_OOM_CONTEXT, FakeBackend, default_behaviour
 from sweeper import config as studyfile
 from sweeper import fronts, records, studyrecord
-from sweeper.backends.fake import FAKE_OOM_CONTEXT, FakeBackend, default_behaviour
+from sweeper.cli import cli
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError
 from sweeper.measurement import Run
+from sweeper.objective import WORST_TTFT_S
 from sweeper.settings import LoadSettings
 from sweeper.storage import open_study
-from sweeper.sweep import WORST_TTFT_S, Sweep
+from sweeper.sweep import Sweep
 from sweeper.workloads import Workload
 
 
@@ -364,3 +372,93 @@ def test_adaptive_repeats_go_to_trials_near_the_front(write_study: WriteStudy) -
     # 4 threads runs first and starts the front, noisy: repeats up to the cap; then 1 thread
     # (twice, once as the baseline) is dominated beyond the noise: the 2 screening runs only
     assert (threads, runs) == ([4, 1, 1], [6, 2, 2])
+
+
+def test_a_trial_reads_the_stored_trials_once(
+    write_study: WriteStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counting storage: every read of all stored trials that sweeper asks for is counted
+    per trial (before the first: the sweep's start); one trial, one snapshot, whatever it
+    decides after (a baseline re-run due, the deadline)."""
+    text = FAKE_STUDY.replace("[measure]\n", "[measure]\ndrift_check = 2\n", 1)
+    config = studyfile.load(write_study(text))
+    sweep, _ = make_sweep(config)
+    study = sweep.open()
+    storage = study._storage
+    reads: dict[int, int] = {}
+    get_all_trials, waiting = storage.get_all_trials, TrialState.WAITING
+
+    def counting(study_id: int, deepcopy: bool = True, states: object = None) -> object:
+        if states is None and asked_by_sweeper():  # all of them (not Optuna's own reads)
+            begun = [t.number for t in get_all_trials(study_id, False) if t.state != waiting]
+            key = max(begun, default=-1)  # the trial running, or the one just finished
+            reads[key] = reads.get(key, 0) + 1
+        return get_all_trials(study_id, deepcopy, states)
+
+    monkeypatch.setattr(storage, "get_all_trials", counting)
+    sweep.run(study, trials=4, timeout_s=3600)
+    trials = [t.number for t in study.trials]
+    assert "baseline-check" in [t.user_attrs.get("tag") for t in study.trials]  # one was due
+    assert {n: reads.get(n) for n in trials} == {n: 1 for n in trials}
+
+
+def asked_by_sweeper() -> bool:
+    """Whether the read was sweeper's (``records.load``), not the sampler's own."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith(("optuna.samplers", "optuna.search_space")):
+            return False
+        if module.startswith("sweeper."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def test_a_study_from_before_the_layout_change_resumes(tmp_path: Path) -> None:
+    """A study file and its database written by sweeper at a8614a4 (tests/data: 4 trials, the
+    baseline, a drift check, a confirmation) resume: stored tags, attributes and the study's
+    identity read as they were, and the new trials join them."""
+    data = Path(__file__).parent / "data"
+    study_file = tmp_path / "old.toml"
+    shutil.copy(data / "old-study.toml", study_file)
+    with gzip.open(data / "old-study.db.gz") as packed:
+        (tmp_path / "old.db").write_bytes(packed.read())
+    resumed = CliRunner().invoke(
+        cli, ["run", str(study_file), "--trials", "6", "--no-confirm", "--allow-mixed-hardware"]
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    config = studyfile.load(study_file)
+    recs = records.load(open_study(config))
+    assert [r.tag for r in recs[:4]] == ["baseline", None, None, "baseline-check"]
+    assert [r.is_baseline_run for r in recs[:4]] == [True, False, False, True]  # its drift check
+    assert [r.state for r in recs].count(TrialState.COMPLETE) >= 6  # (a drift check may wait)
+    assert studyrecord.confirmations(open_study(config))  # the old confirmation still reads
+    status = CliRunner().invoke(cli, ["status", str(study_file), "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["baseline_trial"] == 0
+
+
+def test_the_wait_a_sweep_optimises_is_the_wait_its_front_draws(write_study: WriteStudy) -> None:
+    """A reasoning model's second objective (TTFT + the baseline's reasoning at this speed) is
+    defined once: each trial's stored value is its point's on the front, runs that differ
+    included (the median of each run's wait, not a sum of medians)."""
+    calls = iter(range(10_000))
+
+    def reasoning(settings: LoadSettings, workload: Workload) -> Run:
+        i = next(calls)
+        run = default_behaviour(settings, workload)
+        return dataclasses.replace(
+            run,
+            decode_tok_s=run.decode_tok_s * (1.0 + 0.3 * (i % 3)),
+            ttft_s=run.ttft_s * (1.0 + 0.5 * (i % 2)),
+            reasoning_tokens=8,
+        )
+
+    path = write_study(FAKE_STUDY.replace("repeats = 2", "repeats = 3"))
+    _, study = run_fake(path, trials=3, behaviour=reasoning)
+    recs = records.load(study)
+    for i, w in enumerate(["short", "long"]):
+        pts = fronts.points(recs, w)
+        assert pts and all(p.wait_s is not None for p in pts)
+        for p in pts:
+            assert study.trials[p.trial].values[2 * i + 1] == pytest.approx(p.first_s.median)

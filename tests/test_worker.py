@@ -27,7 +27,7 @@ def test_a_result_comes_back_with_progress() -> None:
     outcome = run_in_child(
         spec("fake"), LoadSettings(cpu_threads=2), 60, lambda *e: events.append(e[:3])
     )
-    assert outcome.applied == {"model": "fake", "cpu_threads": 2}
+    assert outcome.applied.stored() == {"model": "fake", "cpu_threads": 2}
     assert len(outcome.workloads["w"].runs) == 2
     assert len(outcome.workloads["w"].warmup) == 1
     assert outcome.peak_rss_mb and outcome.peak_rss_mb > 1

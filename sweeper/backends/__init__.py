@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from sweeper import distribution
-from sweeper.errors import BackendUnavailable, StudyFileError
+from sweeper.errors import BackendUnavailable, ExportError, StudyFileError
 from sweeper.measurement import Run
 from sweeper.settings import LMSTUDIO_ONLY, LoadSettings
 from sweeper.workloads import Sampling, Workload
@@ -25,19 +26,49 @@ from sweeper.workloads import Sampling, Workload
 LoadProgress = Callable[[float], None]
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What a load applied, as the engine reports it: the settings in canonical names, the
+    layers it put on the GPU and the model's layer count where it says them, and the engine's
+    own extras (stored under the engine's name)."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    gpu_layers: float | None = None
+    model_layers: int | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_extras(self, **more: Any) -> Loaded:
+        return Loaded(self.settings, self.gpu_layers, self.model_layers, {**self.extras, **more})
+
+    def stored(self) -> dict[str, Any]:
+        """As a trial stores it (its ``applied`` attribute): the settings, then the rest."""
+        out = {**self.settings, **self.extras}
+        if self.model_layers is not None:
+            out["model_layers"] = self.model_layers
+        if self.gpu_layers is not None:
+            out["gpu_layers"] = self.gpu_layers
+        return out
+
+
+def stored_model_layers(applied: Mapping[str, Any]) -> int | None:
+    """The model's layer count from a trial's stored ``applied`` (``Loaded.stored``); studies
+    from before the typed load result kept llama.cpp's under its extras."""
+    layers = applied.get("model_layers")
+    if layers is None:
+        layers = applied.get("llama.cpp", {}).get("n_layers")
+    return int(layers) if layers else None
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What the runner drives. ``load`` returns the *applied* configuration as the engine
-    reports it (canonical names where there is one, engine extras under the engine's name).
+    """What the runner drives. ``load`` returns what the engine applied (``Loaded``).
     ``generate`` processes the whole prompt (an honest time to first token) unless
     ``reuse_prefix``: then an engine that can keep what it already holds of the prompt does
     (depth probes, whose prompts extend each other, need not process it again)."""
 
     supported: ClassVar[frozenset[str]]
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]: ...
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded: ...
 
     def generate(
         self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False
@@ -70,6 +101,23 @@ class Target:
     reasoning_effort: str | None = None
 
 
+class PresetSource(Protocol):
+    """What a preset is written from (``export.Preset``): the recommended settings of one
+    workload, the model as the preset names it, and a header saying where they came from."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def workload(self) -> str: ...
+    @property
+    def settings(self) -> LoadSettings: ...
+    @property
+    def n_layers(self) -> int | None: ...
+    @property
+    def reasoning_effort(self) -> str | None: ...
+    def header(self) -> str: ...
+
+
 class BackendBase:
     """Shared by the shipped backends: what is known about them before a trial exists, and
     the context manager. Subclasses implement ``load``, ``generate`` and ``unload``."""
@@ -89,6 +137,8 @@ class BackendBase:
     worker_options: ClassVar[Mapping[str, Any]] = {}
     #: The Python modules it imports when used, each with the package to install for it
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: The Python package whose version stands for the engine's where the engine says none
+    package: ClassVar[str | None] = None
 
     def __init__(self, model: str, **options: Any) -> None:
         raise NotImplementedError
@@ -97,6 +147,11 @@ class BackendBase:
     def engine_version(cls, options: dict[str, Any]) -> str | None:
         """The engine's own version for the machine fingerprint (None: the package's)."""
         return None
+
+    @classmethod
+    def names_engine(cls, version: str) -> bool:
+        """Whether a stored engine version names the engine itself (not a stand-in for it)."""
+        return True
 
     @classmethod
     def engine_reachable(cls, options: dict[str, Any]) -> bool:
@@ -110,9 +165,50 @@ class BackendBase:
         keyword arguments for the workers (``model`` among them)."""
         return {"model": target.model}
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    @classmethod
+    def parse_host(cls, text: str) -> str:
+        """A user's address of the engine's server as ``host:port``."""
+        return text
+
+    @classmethod
+    def model_file(cls, model: str, base_dir: Path) -> str:
+        """The model as a preset names it to the engine (a local engine: the file's path)."""
+        return model
+
+    @classmethod
+    def models(cls, host: str | None) -> tuple[str, list[str]]:
+        """(where, the models found there) for the new-study form, for an engine that lists
+        the models it has."""
+        raise BackendUnavailable(f"{cls.name} does not list its models")
+
+    @classmethod
+    def current_settings(cls, model: str) -> tuple[dict[str, Any], str | None]:
+        """The settings the engine loads ``model`` with today (canonical names), where it keeps
+        them; else why there are none."""
+        return {}, "only LM Studio keeps a model's load settings that sweeper can read"
+
+    @classmethod
+    def render_preset(cls, fmt: str, preset: PresetSource) -> str:
+        """The preset in one of this backend's formats (``PRESET_FORMATS``)."""
+        raise StudyFileError(f"{cls.name} writes no {fmt!r} preset")
+
+    @classmethod
+    def install(cls, preset: PresetSource) -> tuple[Path, Path | None]:
+        """Install the preset where the engine reads a model's load settings: (the file
+        written, the backup of what was there; None: nothing was)."""
+        raise ExportError(f"{cls.name} has nowhere to install a preset; download it instead")
+
+    @classmethod
+    def undo_install(cls, target: Path, backup: Path | None) -> None:
+        """Put back what ``install`` replaced (no backup: remove what it wrote)."""
+        raise ExportError(f"{cls.name} has no installs to undo")
+
+    @classmethod
+    def install_path(cls, model: str) -> Path | None:
+        """Where ``install`` would write the preset of ``model`` (None: nowhere)."""
+        return None
+
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         raise NotImplementedError
 
     def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
@@ -133,16 +229,51 @@ class BackendBase:
 
 #: backend name -> "module:Class". Imported lazily: heavy SDKs load only when used.
 BACKENDS: dict[str, str] = {
+    "lmstudio": "sweeper.backends.lmstudio:LMStudioBackend",
     "llama.cpp": "sweeper.backends.llamacpp:LlamaCppBackend",
     "llama-server": "sweeper.backends.llamaserver:LlamaServerBackend",
-    "lmstudio": "sweeper.backends.lmstudio:LMStudioBackend",
-    "fake": "sweeper.backends.fake:FakeBackend",
+}
+#: More backends, ``name=module:Class`` separated by commas, registered beside the shipped ones
+#: (the tests' fake): read from the environment, so every process a sweep starts has them too.
+EXTRA_BACKENDS = "SWEEPER_EXTRA_BACKENDS"
+
+
+def registered() -> dict[str, str]:
+    """Every backend this process can run, by name: the shipped ones and ``EXTRA_BACKENDS``."""
+    out = dict(BACKENDS)
+    for item in os.environ.get(EXTRA_BACKENDS, "").split(","):
+        name, _, target = item.strip().partition("=")
+        if name and ":" in target:
+            out[name.strip()] = target.strip()
+    return out
+
+
+#: preset format -> (the backend that writes it, its file's suffix); sweeper's own JSON record
+#: of a recommendation is ``export``'s
+PRESET_FORMATS: dict[str, tuple[str, str]] = {
+    "lmstudio": ("lmstudio", ".json"),
+    "model-yaml": ("lmstudio", ".model.yaml"),
+    "lms": ("lmstudio", ".lms.sh"),
+    "sdk": ("lmstudio", ".sdk.py"),
+    "llama-server": ("llama-server", ".llama-server.sh"),
 }
 
 
+def render_preset(fmt: str, preset: PresetSource) -> str:
+    """The preset in ``fmt``, written by the backend that owns the format."""
+    return backend_class(PRESET_FORMATS[fmt][0]).render_preset(fmt, preset)
+
+
+def parse_host(text: str) -> str:
+    """A user's address of an engine's server as ``host:port`` (the one engine sweeper reaches
+    by address is LM Studio, which shows it as http://127.0.0.1:1234)."""
+    return backend_class("lmstudio").parse_host(text)
+
+
 def backend_class(name: str) -> type[BackendBase]:
+    known = registered()
     try:
-        target = BACKENDS[name]
+        target = known[name]
     except KeyError:
         raise StudyFileError(
             f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}"

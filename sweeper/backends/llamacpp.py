@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sweeper import distribution, reasoning
-from sweeper.backends import BackendBase, LoadProgress, Target, gguf
-from sweeper.errors import BackendUnavailable, GenerationError, LoadError
+from sweeper.backends import BackendBase, Loaded, LoadProgress, Target, gguf
+from sweeper.errors import BackendUnavailable, GenerationError, LoadError, SweeperError
 from sweeper.measurement import Run
 from sweeper.settings import LMSTUDIO_ONLY, PARAMS, LoadSettings
 from sweeper.workloads import Sampling, Workload
@@ -71,6 +71,7 @@ class LlamaCppBackend(BackendBase):
     requires = (("llama_cpp", "llama-cpp-python"),)
     #: heavy processes outside sweeper's tree are noted on the trial (it shares their CPU)
     notes_neighbours: ClassVar[bool] = True
+    package: ClassVar[str | None] = "llama-cpp-python"
     supported: ClassVar[frozenset[str]] = frozenset(PARAMS) - {"cpu_moe_layers", *LMSTUDIO_ONLY}
     unsupported_why: ClassVar[Mapping[str, str]] = {
         **LMSTUDIO_ONLY,
@@ -116,9 +117,14 @@ class LlamaCppBackend(BackendBase):
             )
         return str(path.resolve())
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    @classmethod
+    def model_file(cls, model: str, base_dir: Path) -> str:
+        try:
+            return cls.resolve_model(model, base_dir)
+        except SweeperError:
+            return model
+
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         lc = _llama_cpp()
         self.unload()
         kwargs = self._kwargs(settings)
@@ -146,7 +152,7 @@ class LlamaCppBackend(BackendBase):
         kw["swa_full"] = False
         return kw
 
-    def applied(self) -> dict[str, Any]:
+    def applied(self) -> Loaded:
         """What llama.cpp actually set up, in canonical names (plus llama.cpp extras)."""
         lc = _llama_cpp()
         llm = self._require()
@@ -154,7 +160,7 @@ class LlamaCppBackend(BackendBase):
         layers = gguf.block_count(self.model_path) or 0
         gpu = bool(lc.llama_supports_gpu_offload())
         n_gpu = min(mp.n_gpu_layers if mp.n_gpu_layers >= 0 else layers, layers) if gpu else 0
-        return {
+        applied = {
             "context_length": self._usable_context(),
             "gpu_offload": round(n_gpu / layers, 4) if layers else 0.0,
             "eval_batch_size": int(lc.llama_n_batch(ctx)),
@@ -167,18 +173,19 @@ class LlamaCppBackend(BackendBase):
             "keep_in_memory": mp.load_mode
             in (lc.LLAMA_LOAD_MODE_MLOCK, lc.LLAMA_LOAD_MODE_MMAP_MLOCK),
             "offload_kv_cache": bool(cp.offload_kqv),
-            "llama.cpp": {
-                "n_gpu_layers": n_gpu,
-                "n_layers": layers,
-                "gpu_build": gpu,
-                "n_threads_batch": int(cp.n_threads_batch),
-                "swa_full": bool(cp.swa_full),
-                "prompt_format": self._prompt_format,
-                "model": Path(self.model_path).name,
-                "model_desc": llm._model.desc(),
-                "llama_cpp_python": lc.__version__,
-            },
         }
+        extras = {
+            "n_gpu_layers": n_gpu,
+            "n_layers": layers,
+            "gpu_build": gpu,
+            "n_threads_batch": int(cp.n_threads_batch),
+            "swa_full": bool(cp.swa_full),
+            "prompt_format": self._prompt_format,
+            "model": Path(self.model_path).name,
+            "model_desc": llm._model.desc(),
+            "llama_cpp_python": lc.__version__,
+        }
+        return Loaded(applied, n_gpu, layers or None, {"llama.cpp": extras})
 
     def _detect_prompt_format(self) -> str:
         meta = self._require().metadata

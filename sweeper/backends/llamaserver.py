@@ -26,8 +26,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 
 from sweeper import reasoning, system
-from sweeper.backends import BackendBase, LoadProgress, Target, gguf
+from sweeper.backends import (
+    BackendBase,
+    Loaded,
+    LoadProgress,
+    PresetSource,
+    Target,
+    gguf,
+    llamaserver_args,
+)
 from sweeper.backends.llamacpp import FAMILY_TURNS, LlamaCppBackend
+from sweeper.backends.llamaserver_args import FIXED_ARGS, server_args
 from sweeper.errors import BackendUnavailable, GenerationError, LoadError, TrialFailure
 from sweeper.measurement import Run
 from sweeper.settings import LMSTUDIO_ONLY, PARAMS, LoadSettings
@@ -35,46 +44,8 @@ from sweeper.workloads import Sampling, Workload
 
 #: The server binary, when the study file does not name one.
 ENV_BINARY = "LLAMA_SERVER"
-#: Always passed: one slot with the whole context (as a desktop user runs it; the default is 4
-#: slots sharing one cache), and no fitting (sweeper sets the offload itself).
-FIXED_ARGS = ("-np", "1", "--fit", "off")
 STOP_TYPES = {"eos": "eos", "limit": "max_tokens", "word": "stop_string"}
-LOAD_MODES = {(True, False): "mmap", (False, False): "none", (False, True): "mlock"}
-LOAD_MODES[(True, True)] = "mmap+mlock"
 _OOM = re.compile(r"insufficient memory|failed to allocate|out of memory|cudaMalloc failed")
-
-
-def server_args(settings: LoadSettings, n_layers: int | None) -> list[str]:
-    """Canonical settings as llama-server's flags (each Param names its own; the booleans and
-    the offload ratio are encoded here). What ``sweeper export --format llama-server`` writes."""
-    s = settings.to_dict()
-    args: list[str] = []
-    for name, value in s.items():
-        flag = PARAMS[name].llama_server
-        if name == "gpu_offload":
-            if value >= 1:
-                layers = "all"
-            elif value <= 0:
-                layers = "0"
-            elif n_layers:
-                layers = str(round(value * n_layers))
-            else:
-                raise LoadError(
-                    "unsupported", "gpu_offload as llama-server -ngl needs the model's layer count"
-                )
-            args += [flag, layers]
-        elif name == "flash_attention":
-            args += [flag, "on" if value else "off"]
-        elif name == "offload_kv_cache":
-            args += [] if value else [flag]
-        elif name in ("mmap", "keep_in_memory"):
-            continue  # one flag for both, below
-        else:
-            args += [flag, str(value)]
-    if "mmap" in s or "keep_in_memory" in s:
-        # this llama-server took --no-mmap and --mlock out for --load-mode
-        args += ["-lm", LOAD_MODES[(s.get("mmap", True), s.get("keep_in_memory", False))]]
-    return args
 
 
 def find_binary(configured: str | None = None) -> str:
@@ -130,6 +101,14 @@ class LlamaServerBackend(BackendBase):
         return {"model": model, "binary": binary, "n_layers": n_layers}
 
     @classmethod
+    def model_file(cls, model: str, base_dir: Path) -> str:
+        return LlamaCppBackend.model_file(model, base_dir)
+
+    @classmethod
+    def render_preset(cls, fmt: str, preset: PresetSource) -> str:
+        return llamaserver_args.script(preset)
+
+    @classmethod
     def engine_version(cls, options: dict[str, Any]) -> str | None:
         """The build and its backends (``0.5.0-dev (build 1, commit 0c1e570)``, then what it
         was built with), for the fingerprint."""
@@ -139,9 +118,7 @@ class LlamaServerBackend(BackendBase):
         built = next((ln for ln in lines if ln.startswith("built with")), "")
         return f"{version} {built}".strip() if version else None
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         self.unload()
         port = _free_port()
         fd, log = tempfile.mkstemp(prefix="sweeper-llama-server-", suffix=".log")
@@ -227,7 +204,7 @@ class LlamaServerBackend(BackendBase):
         except OSError:
             return ""
 
-    def applied(self, settings: LoadSettings, props: dict[str, Any]) -> dict[str, Any]:
+    def applied(self, settings: LoadSettings, props: dict[str, Any]) -> Loaded:
         """What the server set up, from /props and its log (llama.cpp's own lines)."""
         log = self._read_log()
 
@@ -267,8 +244,7 @@ class LlamaServerBackend(BackendBase):
         if settings.cpu_moe_layers is not None:
             experts = {t for t, where in overridden if "_exps" in t and where == "CPU"}
             out["cpu_moe_layers"] = len({t.split(".")[1] for t in experts})
-        out["model_layers"] = self.n_layers
-        out["llama-server"] = {
+        extras = {
             "build_info": props.get("build_info"),
             "model": Path(self.model_path).name,
             "n_gpu_layers": gpu_layers,
@@ -277,7 +253,7 @@ class LlamaServerBackend(BackendBase):
             "swa_full": "using full-size SWA cache" in log,
             "no_gpu": "no usable GPU found" in log,
         }
-        return out
+        return Loaded(out, gpu_layers, self.n_layers, {"llama-server": extras})
 
     def _format(self, props: dict[str, Any]) -> str:
         """How prompts are written: the GGUF's chat template through the server, a family's

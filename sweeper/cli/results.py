@@ -1,4 +1,4 @@
-"""Commands that read a study: status, pareto, report, export, dashboard."""
+"""Commands that read a study: status, pareto, report, export (and install), dashboard."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import click
 
 from sweeper import config as config_file
 from sweeper import export, fronts, records, studyrecord, terminal
+from sweeper.backends import backend_class
 from sweeper.cli.common import fail, json_option, study_command
 from sweeper.files import write_atomic
+from sweeper.installs import NOTES, Installs
 from sweeper.recommend import for_study
 from sweeper.storage import open_study, redact
 
@@ -89,8 +91,8 @@ def report(study_file: str, storage: str | None, output: str | None, force: bool
 @click.option(
     "--install",
     is_flag=True,
-    help="lmstudio format: also write LM Studio's "
-    "per-model default config (an existing one is backed up first).",
+    help="lmstudio format: also install a confirmed preset as LM Studio's per-model default "
+    "config (an existing one is backed up first; undo puts it back).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export_cmd(
@@ -128,13 +130,14 @@ def export_cmd(
     else:
         click.echo(text, nl=False)
     if install:
-        target, backup = export.install_lmstudio(preset)
-        kept = f" (previous one kept as {backup})" if backup else ""
-        click.echo(f"installed {target}{kept}", err=True)
+        row = Installs().install(Path(study_file), workload, storage)
+        kept = f" (previous one kept as {row['backup']})" if row["backup"] else ""
+        click.echo(f"installed {row['target']}{kept} as install {row['n']}", err=True)
+        click.echo(f"note: {NOTES}; the service's Undo does it", err=True)
     elif fmt == "lmstudio":
         click.echo(
-            f"LM Studio reads this from {export.lmstudio_install_path(preset.model)} "
-            "(write it there with --install)",
+            f"LM Studio reads this from {backend_class('lmstudio').install_path(preset.model)} "
+            "(install it there with --install once it is confirmed)",
             err=True,
         )
 

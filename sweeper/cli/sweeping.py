@@ -88,7 +88,7 @@ def run(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     log.info("run %s: target %d trials, storage %s", config.name, target, url)
     bar = ProgressBar(config) if progress == "bar" else JsonProgress(config)
-    the_sweep.progress, the_sweep.on_stage = bar.on_progress, bar.stage
+    the_sweep = the_sweep.watched(bar.on_progress, bar.stage)
     ran, stopped = 0, None
     try:
         with sweep.session(config) as stopping:

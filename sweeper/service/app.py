@@ -31,11 +31,12 @@ from starlette.templating import Jinja2Templates
 
 from sweeper import config as config_file
 from sweeper import export, plan
+from sweeper.backends import BACKENDS
+from sweeper.installs import Installs
 from sweeper.service import forms, inputs, pages
 from sweeper.service.boundary import Boundary
 from sweeper.service.events import Hub
 from sweeper.service.inputs import NUMBER, TEXT
-from sweeper.service.installs import Installs
 from sweeper.service.queue import CONFIRM, Queue, Sweep
 from sweeper.service.security import Guard, NotFound, refuse_other_sites, study_path
 from sweeper.service.shared import Rigs
@@ -155,6 +156,7 @@ def create_app(
         q = inputs.query(request, NEW_QUERY)
         files = [p.name for p in pages.study_files(service.studies)]
         data: dict[str, Any] = {"files": files, "form": q, "fields": forms.FIELDS}
+        data["backends"] = list(BACKENDS)
         data["gguf"] = await to_thread.run_sync(pages.gguf_files, service.studies)
         data["efforts"], data["margin"] = forms.EFFORTS, f"{plan.TIMEOUT_MARGIN:g}"
         if q.get("models"):  # asked for: discovering LM Studio can take a moment

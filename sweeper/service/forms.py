@@ -11,7 +11,7 @@ from typing import Any
 
 from sweeper import config as config_file
 from sweeper import export, plan
-from sweeper.backends import BACKENDS
+from sweeper.backends import BACKENDS, BackendBase, backend_class, parse_host, registered
 from sweeper.config import MAX_PROMPT_CHARS, MAX_TOKENS, MAX_TRIALS
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
@@ -165,7 +165,7 @@ def study_text(form: dict[str, Any], trial_timeout: str | None = None) -> tuple[
     """(file name, TOML) of the study the form describes."""
     name = study_name(form)
     backend = str(form.get("backend", ""))
-    if backend not in BACKENDS:
+    if backend not in registered():
         raise FormError(f"backend: choose one of {', '.join(sorted(BACKENDS))}")
     model = str(form.get("model", "")).strip()
     if not model:
@@ -173,8 +173,6 @@ def study_text(form: dict[str, Any], trial_timeout: str | None = None) -> tuple[
     lines = [f"name = {_toml(name)}", f"backend = {_toml(backend)}", f"model = {_toml(model)}"]
     host = str(form.get("host", "")).strip()
     if host:
-        from sweeper.backends.lmstudio_host import parse_host
-
         try:  # as LM Studio shows it (http://127.0.0.1:1234), written as host:port
             host = parse_host(host)
         except SweeperError as exc:
@@ -231,26 +229,13 @@ def current_settings(backend: str, model: str) -> tuple[dict[str, str], str | No
     """The settings the backend would load ``model`` with today, where it can say, as the
     form's baseline fields show them (for LM Studio, the model's default config: what the app
     applies on every load), and why there are none when there are none."""
-    if backend != "lmstudio":
-        return {}, "only LM Studio keeps a model's load settings that sweeper can read"
-    if not model:
-        return {}, None
-    from sweeper.backends.lmstudio import from_wire
-
     try:
-        target = export.lmstudio_install_path(model)
-    except SweeperError as exc:
-        return {}, str(exc)
-    try:
-        doc = json.loads(target.read_text(encoding="utf-8"))
-        applied = from_wire({f["key"]: f["value"] for f in doc["load"]["fields"]}, None)
-    except FileNotFoundError:
-        return {}, (
-            f"LM Studio has no saved load settings for {model} (no {target.name}): it loads "
-            "it with its own defaults, which the first trial records"
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SweeperError) as exc:
-        return {}, f"LM Studio's saved settings for {model} cannot be read here ({exc})"
+        cls = backend_class(backend)
+    except SweeperError:
+        cls = BackendBase
+    applied, why = cls.current_settings(model)
+    if why or not model:
+        return {}, why
     # the MoE expert layers are a ratio there, a layer count here: not guessed
     values = {k: _text(v) for k, v in applied.items() if k in FIELDS and k != "cpu_moe_layers"}
     return values, None if values else "LM Studio's saved settings for it set none of these"

@@ -5,21 +5,22 @@ never in a loop."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fronts, lock, plan, records, report, studyrecord, terminal
+from sweeper import export, fronts, installs, lock, plan, records, report, studyrecord, terminal
 from sweeper.backends import backend_class, unavailable
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
+from sweeper.installs import Installs
 from sweeper.measurement import Spread
 from sweeper.recommend import CONFIRMED, for_study
 from sweeper.records import FULL, SCREEN
-from sweeper.service import installs, shared
+from sweeper.service import shared
 from sweeper.service.boundary import relative
-from sweeper.service.installs import Installs
 from sweeper.service.queue import RUNNING, Queue, Sweep
 from sweeper.storage import NoStudyYet, open_study, redact
 
@@ -202,19 +203,22 @@ def sweep_page(queue: Queue, sweep: Sweep) -> dict[str, Any]:
 
 def results_page(path: Path) -> dict[str, Any]:
     """Per workload: the recommendation (confirmed or not), the front, the presets."""
+    from sweeper import pareto  # plotly: only for a results page (the service's start-up)
+
     config = config_file.load(str(path))
     out: dict[str, Any] = {"file": path.name, "name": config.name, "workloads": {}}
     try:
         study = open_study(config)
     except NoStudyYet:
         return out | {"not_run": True, "unavailable": unavailable(config.backend)}
-    yours = _yours(config, records.load(study))
+    recs = records.load(study)
+    yours = _yours(config, recs)
     for w, view in for_study(study, config).items():
         rec = view.recommendation
+        figure = pareto.pareto_figure(report.workload_view(recs, view))
         confirmed = rec.to_dict()["confirmation"] if rec else None
         for c in confirmed["candidates"] if confirmed else []:
             c["changes"] = changes(c["settings"], yours)
-        on_front = {p.trial for p in view.front}
         imp = report.importances(study, config, w, view.points)
         out["workloads"][w] = {
             "importance": imp,
@@ -229,22 +233,11 @@ def results_page(path: Path) -> dict[str, Any]:
                     "ttft_s": spread_text(p.ttft_s, 2),
                     "settings": p.settings,
                     "changes": "your settings" if p.baseline else changes(p.settings, yours),
-                    "x": p.ttft_s.median,
-                    "y": p.tok_s.median,
                 }
                 for p in view.front
             ],
-            # every feasible trial, for the chart: the front among them, the baseline starred
-            "points": [
-                {
-                    "trial": p.trial,
-                    "x": p.ttft_s.median,
-                    "y": p.tok_s.median,
-                    "baseline": p.baseline,
-                    "front": p.trial in on_front,
-                }
-                for p in view.points
-            ],
+            # the report's figure, drawn in the page by plotly.js from its JSON
+            "figure": json.loads(figure.to_json()) if view.points else None,
             "formats": list(export.FORMATS) if rec and rec.status != "keep" else [],
             "installable": bool(
                 rec
@@ -285,11 +278,9 @@ def now_iso() -> str:
 
 def lmstudio_models(host: str | None) -> dict[str, Any]:
     """The model keys LM Studio has downloaded, for the new-study form; or why there are none."""
-    from sweeper.backends import lmstudio
-
     try:
-        where = lmstudio.find_host(host or None)
-        return {"models": sorted(lmstudio.downloaded_models(where)), "lmstudio": where}
+        where, models = backend_class("lmstudio").models(host or None)
+        return {"models": models, "lmstudio": where}
     except SweeperError as exc:
         return {"models": [], "models_error": str(exc)}
     except (OSError, ValueError, LookupError, TypeError) as exc:  # a reply that is not LM Studio's

@@ -15,9 +15,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fake_backend import FakeBackend
 from rig.physics import Load, Model, Placement, Rig, RigModel
-from sweeper.backends import LoadProgress
-from sweeper.backends.fake import FakeBackend
+from sweeper.backends import Loaded, LoadProgress
 from sweeper.errors import GenerationError, LoadError
 from sweeper.measurement import Run
 from sweeper.settings import LoadSettings
@@ -189,14 +189,12 @@ class RigBackend(FakeBackend):
         self._place: Placement | None = None
         self._held = 0  # prompt tokens the engine holds (reuse_prefix)
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         applied = super().load(settings, on_progress)
         load = load_of(settings, self.engine.rm.model)
         self._place, self._factor = self.engine.load(load)
         self._load, self._held = load, 0
-        return {**applied, "lmstudio": {"num_gpu_layers": self._place.gpu_layers}}
+        return applied.with_extras(lmstudio={"num_gpu_layers": self._place.gpu_layers})
 
     def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         if self._load is None or self._place is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from sweeper.backends.lmstudio_host import sdk
+from sweeper.backends.lmstudio.host import sdk
 from sweeper.errors import EngineLost, GenerationError, LoadError, TrialFailure
 
 EVICTED = (

@@ -10,19 +10,25 @@ from __future__ import annotations
 import contextlib
 import difflib
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweeper import reasoning
-from sweeper.backends import BackendBase, LoadProgress, Target, gguf, lmstudio_sdk
-from sweeper.backends.lmstudio_errors import EVICTED, errors
-from sweeper.backends.lmstudio_host import find_host as find_host  # the service calls it here
-from sweeper.backends.lmstudio_host import reachable
-from sweeper.backends.lmstudio_host import sdk as _sdk
+from sweeper.backends import BackendBase, Loaded, LoadProgress, PresetSource, Target, gguf
+from sweeper.backends.lmstudio import install as default_config
+from sweeper.backends.lmstudio import presets
+from sweeper.backends.lmstudio import sdk as lmstudio_sdk
+from sweeper.backends.lmstudio.config import from_wire as from_wire
+from sweeper.backends.lmstudio.config import preset_fields as preset_fields
+from sweeper.backends.lmstudio.config import to_config as to_config
+from sweeper.backends.lmstudio.failures import EVICTED, errors
+from sweeper.backends.lmstudio.host import find_host as find_host  # the service calls it here
+from sweeper.backends.lmstudio.host import parse_host, reachable
+from sweeper.backends.lmstudio.host import sdk as _sdk
 from sweeper.errors import (
     BackendUnavailable,
     EngineLost,
     GenerationError,
-    LoadError,
     StudyFileError,
     TrialFailure,
 )
@@ -37,21 +43,6 @@ IDENTIFIER_PREFIX = "sweeper-"
 #: Seconds the sync API may wait between messages (a long load sends few).
 SYNC_TIMEOUT_S = 3600
 
-#: Canonical settings sent through the SDK's typed config (camelCase dict keys).
-SDK_KEYS = {
-    "context_length": "contextLength",
-    "eval_batch_size": "evalBatchSize",
-    "flash_attention": "flashAttention",
-    "k_cache_type": "llamaKCacheQuantizationType",
-    "v_cache_type": "llamaVCacheQuantizationType",
-    "mmap": "tryMmap",
-    "keep_in_memory": "keepModelInMemory",
-    "offload_kv_cache": "offloadKVCacheToGpu",
-    "gpu_strict_vram_cap": "gpuStrictVramCap",
-}
-#: Canonical settings SDK 1.5.0 cannot express: sent as raw KV fields under their LM Studio
-#: keys (see load_with_raw_fields).
-RAW_SETTINGS = ("cpu_threads", "physical_batch_size", "cpu_moe_layers")
 #: What LM Studio's MLX engine (Apple Silicon, safetensors models) takes of sweeper's settings;
 #: every ``llm.load.llama.*`` key, the GPU offload ratio and the MoE keys are llama.cpp's only.
 MLX_SETTINGS = frozenset({"context_length"})
@@ -80,78 +71,6 @@ def downloaded_models(host: str) -> dict[str, Any]:
         raise BackendUnavailable(f"LM Studio at {host} did not answer: {exc}") from exc
 
 
-def moe_ratio(cpu_moe_layers: int, n_layers: int) -> float:
-    """sweeper's layer count as LM Studio's numCpuExpertLayersRatio."""
-    return round(min(1.0, cpu_moe_layers / n_layers), 4)
-
-
-def to_config(
-    settings: LoadSettings, n_layers: int | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Canonical settings -> (the SDK's typed config dict, raw wire fields).
-
-    Every key is checked against what the SDK actually encodes: the SDK silently drops keys it
-    does not know, and a sweep must never measure a setting that was not sent.
-    """
-    config: dict[str, Any] = {}
-    raw: dict[str, Any] = {}
-    for name, value in settings.to_dict().items():
-        if name == "gpu_offload":
-            config["gpu"] = {"ratio": float(value)}
-        elif name in SDK_KEYS:
-            config[SDK_KEYS[name]] = value
-        elif name == "cpu_moe_layers":
-            if not n_layers:
-                raise LoadError(
-                    "unsupported",
-                    "cpu_moe_layers needs the model's layer count; "
-                    "set model_layers in the study file",
-                )
-            raw[PARAMS[name].lmstudio] = moe_ratio(value, n_layers)
-        elif name in RAW_SETTINGS:
-            raw[PARAMS[name].lmstudio] = value
-        else:
-            raise LoadError("unsupported", f"{name}: not mapped for LM Studio")
-    expected = {PARAMS[name].lmstudio for name, key in SDK_KEYS.items() if key in config}
-    if "gpu" in config:
-        expected.add(PARAMS["gpu_offload"].lmstudio)
-    lmstudio_sdk.check_encoded(config, expected)
-    return config, raw
-
-
-def preset_fields(settings: LoadSettings, n_layers: int | None) -> list[dict[str, Any]]:
-    """Canonical settings as LM Studio's ``load.fields`` (wire keys and encodings), as its
-    preset and model default files hold them."""
-    out = []
-    for name, value in settings.to_dict().items():
-        if name in ("k_cache_type", "v_cache_type"):
-            value = {"checked": True, "value": value}
-        elif name == "cpu_moe_layers":
-            if not n_layers:
-                continue  # a ratio needs the layer count; listed in the file's notes instead
-            value = moe_ratio(value, n_layers)
-        out.append({"key": PARAMS[name].lmstudio, "value": value})
-    return out
-
-
-def from_wire(fields: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
-    """Applied wire fields -> canonical names (what LM Studio says it applied)."""
-    applied: dict[str, Any] = {}
-    for name, param in PARAMS.items():
-        if param.lmstudio not in fields:
-            continue
-        value = fields[param.lmstudio]
-        if isinstance(value, dict) and "checked" in value:
-            value = value["value"] if value["checked"] else "f16"
-        if name == "gpu_offload":
-            value = {"max": 1.0, "off": 0.0}.get(value, value)
-        if name == "cpu_moe_layers":
-            ratio = {"max": 1.0, "off": 0.0}.get(value, value)
-            value = round(float(ratio) * n_layers) if n_layers else ratio
-        applied[name] = value
-    return applied
-
-
 class LMStudioBackend(BackendBase):
     name: ClassVar[str] = "lmstudio"
     requires = (("lmstudio", "lmstudio"),)
@@ -159,6 +78,7 @@ class LMStudioBackend(BackendBase):
     measures_own_memory: ClassVar[bool] = False
     takes_grammar: ClassVar[bool] = False
     names_lmstudio_models: ClassVar[bool] = True
+    package: ClassVar[str | None] = "lmstudio"
 
     def __init__(self, model: str, host: str | None = None, n_layers: int | None = None) -> None:
         self.model_key = model
@@ -171,9 +91,44 @@ class LMStudioBackend(BackendBase):
 
     @classmethod
     def engine_version(cls, options: dict[str, Any]) -> str | None:
-        from sweeper.backends.lmstudio_engine import engine  # it finds LM Studio through here
+        from sweeper.backends.lmstudio.engine import engine  # it finds LM Studio through here
 
         return engine(options.get("host"))
+
+    @classmethod
+    def parse_host(cls, text: str) -> str:
+        return parse_host(text)
+
+    @classmethod
+    def models(cls, host: str | None) -> tuple[str, list[str]]:
+        where = find_host(host or None)
+        return where, sorted(downloaded_models(where))
+
+    @classmethod
+    def current_settings(cls, model: str) -> tuple[dict[str, Any], str | None]:
+        return default_config.current_settings(model) if model else ({}, None)
+
+    @classmethod
+    def render_preset(cls, fmt: str, preset: PresetSource) -> str:
+        return presets.RENDER[fmt](preset)
+
+    @classmethod
+    def install(cls, preset: PresetSource) -> tuple[Path, Path | None]:
+        return default_config.install(preset)
+
+    @classmethod
+    def undo_install(cls, target: Path, backup: Path | None) -> None:
+        default_config.undo(target, backup)
+
+    @classmethod
+    def install_path(cls, model: str) -> Path | None:
+        return default_config.install_path(model)
+
+    @classmethod
+    def names_engine(cls, version: str) -> bool:
+        """LM Studio's is ``LM Studio X; runtimes ...``; studies from before sweeper read it
+        hold the SDK package's version there."""
+        return version.startswith("LM Studio ")
 
     @classmethod
     def engine_reachable(cls, options: dict[str, Any]) -> bool:
@@ -255,9 +210,7 @@ class LMStudioBackend(BackendBase):
             h.identifier for h in self._client.llm.list_loaded() if h.identifier != self._identifier
         }
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         client = self._connect()
         config, raw = to_config(settings, self.n_layers)
         identifier = f"{IDENTIFIER_PREFIX}{int(time.time() * 1000)}"
@@ -272,7 +225,7 @@ class LMStudioBackend(BackendBase):
             others = sorted(self._others())
         applied = from_wire(fields, self.n_layers)
         applied["context_length"] = context
-        applied["lmstudio"] = {
+        extras = {
             "identifier": identifier,
             "model": self.model_key,
             "raw_fields_sent": raw,
@@ -280,7 +233,8 @@ class LMStudioBackend(BackendBase):
             # another model resident beside the measured one shares the GPU and the memory
             "others_loaded": others,
         }
-        return applied
+        # the layers on the GPU: LM Studio says them with each prediction (Run.gpu_layers)
+        return Loaded(applied, None, self.n_layers, {"lmstudio": extras})
 
     def _unload_ours(self, client: lmstudio.Client) -> None:
         """Unload every instance sweeper loaded, including a killed worker's leftovers."""

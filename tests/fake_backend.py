@@ -1,4 +1,5 @@
-"""A deterministic backend for testing everything above the backend (study, storage, CLI).
+"""A deterministic backend for testing everything above the backend (study, storage, CLI),
+registered as backend "fake" for the tests only (``register``, which conftest calls).
 
 It never stands in for a real engine in tests of the engines themselves. Its default behaviour
 is a smooth function of the settings with an out-of-memory region, like a real GPU box.
@@ -10,9 +11,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sweeper.backends import BackendBase, LoadProgress
+from sweeper.backends import (
+    EXTRA_BACKENDS,
+    BackendBase,
+    Loaded,
+    LoadProgress,
+    PresetSource,
+    backend_class,
+)
 from sweeper.errors import GenerationError, LoadError
 from sweeper.measurement import Run
 from sweeper.settings import PARAMS, LoadSettings
@@ -55,13 +64,23 @@ class FakeBackend(BackendBase):
         self.loads: list[LoadSettings] = []
 
     @classmethod
+    def install(cls, preset: PresetSource) -> tuple[Path, Path | None]:
+        return backend_class("lmstudio").install(preset)
+
+    @classmethod
+    def undo_install(cls, target: Path, backup: Path | None) -> None:
+        backend_class("lmstudio").undo_install(target, backup)
+
+    @classmethod
+    def install_path(cls, model: str) -> Path | None:
+        return backend_class("lmstudio").install_path(model)
+
+    @classmethod
     def engine_version(cls, options: dict[str, Any]) -> str | None:
         """``SWEEPER_FAKE_ENGINE``: a test changes it to play an engine update."""
         return os.environ.get("SWEEPER_FAKE_ENGINE")
 
-    def load(
-        self, settings: LoadSettings, on_progress: LoadProgress | None = None
-    ) -> dict[str, Any]:
+    def load(self, settings: LoadSettings, on_progress: LoadProgress | None = None) -> Loaded:
         # Model names that misbehave like real engines do, for the worker's own tests.
         if self.model == "fake:segfault":
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -75,7 +94,7 @@ class FakeBackend(BackendBase):
             raise ZeroDivisionError("a bug in a backend")
         self.loads.append(settings)
         self.settings = settings
-        return {"model": self.model, **settings.to_dict()}
+        return Loaded(settings.to_dict(), extras={"model": self.model})
 
     def generate(self, workload: Workload, sampling: Sampling, reuse_prefix: bool = False) -> Run:
         if self.settings is None:
@@ -85,6 +104,17 @@ class FakeBackend(BackendBase):
     def unload(self) -> dict[str, Any]:
         self.settings = None
         return {}
+
+
+def register() -> None:
+    """Register this backend as "fake" here and in every process started from here (spawned
+    workers, ``python -m sweeper`` children, the CLI run as a program): through the environment,
+    with this folder on their PYTHONPATH (after what is there, so the checkout's sweeper wins)."""
+    os.environ[EXTRA_BACKENDS] = f"fake={__name__}:FakeBackend"
+    here = str(Path(__file__).resolve().parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, here])
 
 
 if TYPE_CHECKING:

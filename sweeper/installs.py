@@ -1,7 +1,8 @@
-"""Install a confirmed preset into LM Studio, and undo it: every install is recorded (what was
-written where, the backup of what was there, and what the preset was measured with: LM
-Studio's app and runtime versions, the layers it put on the GPU) so the page can put it back,
-and flag it when an engine update may have made it wrong."""
+"""Install a confirmed preset where its engine reads a model's load settings, and undo it, for
+the CLI and the service alike: every install is recorded in one history (what was written
+where, the backup of what was there, and what the preset was measured with: the engine's
+version, the layers it put on the GPU), so either face can put it back, and the service flags
+it when an engine update may have made it wrong."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fingerprint, records, studyrecord
+from sweeper import export, fingerprint, lock, records, studyrecord
 from sweeper.backends import backend_class
 from sweeper.errors import SweeperError
 from sweeper.files import write_atomic
@@ -29,11 +30,21 @@ class InstallRefused(SweeperError):
 
 #: How long the studies page trusts its last look at LM Studio's versions.
 ENGINE_TTL_S = 300.0
+#: What every install says: the file holds one preset per model, and undo puts the file back.
+NOTES = (
+    "LM Studio keeps one default config per model: this preset replaced the load settings "
+    "there (for every workload); undo restores the whole file as it was before this install"
+)
+
+
+def history() -> Path:
+    """The one install history of this user (the service's folder, where it always was)."""
+    return lock.home() / "service" / "installs.json"
 
 
 class Installs:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or history()
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, str | None], tuple[float, str | None]] = {}
 
@@ -57,10 +68,15 @@ class Installs:
             ) from None
         return rows
 
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(rows, indent=1), force=True)
+
     def for_study(self, study_file: str) -> list[dict[str, Any]]:
         return [r for r in self._read() if r["study"] == study_file]
 
-    def install(self, path: Path, workload: str) -> dict[str, Any]:
+    def install(self, path: Path, workload: str, storage: str | None = None) -> dict[str, Any]:
+        """Install the confirmed recommendation of ``workload``; the history's new row."""
         config = config_file.load(str(path))
         config.check_workload(workload)
         if not backend_class(config.backend).names_lmstudio_models:
@@ -68,7 +84,7 @@ class Installs:
                 f"{config.backend} studies name a model file, not an LM Studio model: "
                 "download the preset instead"
             )
-        study = open_study(config)
+        study = open_study(config, storage)
         preset = export.preset_for(study, config, workload)
         if preset.recommendation.status != CONFIRMED:
             raise InstallRefused(
@@ -85,7 +101,7 @@ class Installs:
         with self._lock:
             rows = self._read()  # before LM Studio's file is touched: an install is recorded
             try:
-                target, backup = export.install_lmstudio(preset)
+                target, backup = backend_class(config.backend).install(preset)
             except OSError as exc:  # a full disk, a folder where a file should be, ...
                 raise InstallRefused(f"cannot install into LM Studio: {exc}") from None
             row = {
@@ -106,7 +122,7 @@ class Installs:
                 else (measured.machine or {}).get("backend_version"),
                 "gpu_layers": measured.gpu_layers,
             }
-            write_atomic(self.path, json.dumps([*rows, row], indent=1), force=True)
+            self._write([*rows, row])
         return row
 
     def active(self) -> dict[str, list[dict[str, Any]]]:
@@ -143,11 +159,13 @@ class Installs:
                 raise InstallRefused(f"undo the later install of {row['target']} first")
             backup = Path(row["backup"]) if row["backup"] else None
             try:
-                export.undo_install(Path(row["target"]), backup)
+                backend_class(row.get("backend", "lmstudio")).undo_install(
+                    Path(row["target"]), backup
+                )
             except OSError as exc:
                 raise InstallRefused(f"cannot undo install {n}: {exc}") from None
             row["undone"] = True
-            write_atomic(self.path, json.dumps(rows, indent=1), force=True)
+            self._write(rows)
         return row
 
 

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 from sweeper import system
-from sweeper.backends import lmstudio_sdk
-from sweeper.backends.lmstudio_host import find_host
-from sweeper.backends.lmstudio_host import sdk as _sdk
+from sweeper.backends.lmstudio import sdk as lmstudio_sdk
+from sweeper.backends.lmstudio.host import find_host
+from sweeper.backends.lmstudio.host import sdk as _sdk
 from sweeper.errors import SweeperError
 
 

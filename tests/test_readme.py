@@ -139,6 +139,7 @@ COMMANDS = [
     "pareto",
     "report",
     "export",
+    "undo",
     "dashboard",
     "serve",
 ]

@@ -216,6 +216,7 @@ COMMANDS = [
     "pareto",
     "report",
     "export",
+    "undo",
     "dashboard",
     "serve",
 ]

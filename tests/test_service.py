@@ -409,7 +409,9 @@ def test_install_in_lmstudio_keeps_other_fields_and_undoes(web: TestClient, swep
     assert web.get("/api/studies/fake.toml/presets/short/nope").status_code == 404
 
 
-def test_an_install_from_the_cli_is_undone_by_the_service(studies: Path, swept: Path) -> None:
+def test_an_install_from_the_cli_is_undone_by_the_service_and_the_reverse(
+    studies: Path, swept: Path
+) -> None:
     """One install history for both faces: `sweeper serve` keeps it where the CLI writes it."""
     target = swept / ".lmstudio/.internal/user-concrete-model-default-config/fake-model.json"
     target.parent.mkdir(parents=True)
@@ -427,6 +429,17 @@ def test_an_install_from_the_cli_is_undone_by_the_service(studies: Path, swept: 
 
         assert web.post("/api/studies/fake.toml/install/short").json()["n"] == "2"
         assert json.loads(target.read_text()) != LMSTUDIO_CONFIG
+        listed = CliRunner().invoke(cli, ["undo"])
+        assert listed.stdout.startswith("2\t") and listed.stdout.count("\n") == 1
+        by_cli = CliRunner().invoke(cli, ["undo", "2"])
+        assert by_cli.exit_code == 0, by_cli.stderr
+        assert json.loads(target.read_text()) == LMSTUDIO_CONFIG
+        assert [r["undone"] for r in web.get("/api/studies/fake.toml").json()["installs"]] == [
+            True,
+            True,
+        ]
+    again = CliRunner().invoke(cli, ["undo", "2"])
+    assert (again.exit_code, again.stderr) == (2, "error: install 2 was already undone\n")
 
 
 def test_the_cli_installs_only_a_confirmed_preset(

@@ -41,6 +41,7 @@ for command in (
     results.pareto,
     results.report,
     results.export_cmd,
+    results.undo,
     results.dashboard,
     serving.serve,
 ):

@@ -1,4 +1,4 @@
-"""Commands that read a study: status, pareto, report, export (and install), dashboard."""
+"""Commands that read a study: status, pareto, report, export (and install, undo), dashboard."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from sweeper import config as config_file
 from sweeper import export, fronts, records, studyrecord, terminal
 from sweeper.backends import backend_class
-from sweeper.cli.common import fail, json_option, study_command
+from sweeper.cli.common import errors, fail, json_option, study_command
 from sweeper.files import write_atomic
 from sweeper.installs import NOTES, Installs
 from sweeper.recommend import for_study
@@ -92,7 +92,7 @@ def report(study_file: str, storage: str | None, output: str | None, force: bool
     "--install",
     is_flag=True,
     help="lmstudio format: also install a confirmed preset as LM Studio's per-model default "
-    "config (an existing one is backed up first; undo puts it back).",
+    "config (an existing one is backed up first; `sweeper undo` puts it back).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export_cmd(
@@ -133,13 +133,32 @@ def export_cmd(
         row = Installs().install(Path(study_file), workload, storage)
         kept = f" (previous one kept as {row['backup']})" if row["backup"] else ""
         click.echo(f"installed {row['target']}{kept} as install {row['n']}", err=True)
-        click.echo(f"note: {NOTES}; the service's Undo does it", err=True)
+        click.echo(f"note: {NOTES}; `sweeper undo {row['n']}` does it", err=True)
     elif fmt == "lmstudio":
         click.echo(
             f"LM Studio reads this from {backend_class('lmstudio').install_path(preset.model)} "
             "(install it there with --install once it is confirmed)",
             err=True,
         )
+
+
+@click.command()
+@click.argument("number", required=False)
+def undo(number: str | None) -> None:
+    """Undo install NUMBER (the CLI's or the service's: one history); without it, list the
+    installs still in place."""
+    installs = Installs()
+    with errors():
+        if number is None:
+            for rows in installs.active().values():
+                for r in rows:
+                    click.echo(
+                        f"{r['n']}\t{r['when']}\t{r['study']} {r['workload']}\t{r['target']}"
+                    )
+            return
+        row = installs.undo(number)
+    put = f"put back {row['backup']}" if row["backup"] else "removed it (there was no file)"
+    click.echo(f"undid install {row['n']}: {row['target']}: {put}", err=True)
 
 
 @click.command()

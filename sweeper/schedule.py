@@ -118,8 +118,9 @@ def orphans(
 def drift_check_due(
     recs: Sequence[TrialRecord], m: Measure, now: datetime.datetime
 ) -> dict[str, Any] | None:
-    """The baseline's parameters when it is due to run again: after ``drift_check_every_trials`` trials
-    or ``drift_check_every_s`` seconds since the last run of it, whichever comes first."""
+    """The baseline's parameters when it is due to run again: after
+    ``drift_check_every_trials`` trials or ``drift_check_every_s`` seconds since the last run of
+    it, whichever comes first."""
     if m.drift_check_every_trials is None and m.drift_check_every_s is None:
         return None
     baseline_runs = [r for r in recs if r.is_baseline_run]

@@ -52,6 +52,8 @@ NOT_HERE = {
     "sweeper export studies/rtx3060-gpt-oss-20b.toml --workload long --format lmstudio "
     "--install": "needs the article's study swept (LM Studio and a GPU), and writes into LM "
     "Studio's own folder; tests/test_export.py installs into a temporary one",
+    "sweeper undo 1": "needs an install to undo; tests/test_service.py installs from the CLI "
+    "and undoes from the service, and the reverse (`sweeper undo`, listing, runs here)",
     "sweeper export studies/rtx3060-gpt-oss-20b.toml --workload long --format model-yaml "
     "-o model.yaml": "needs the article's study swept (LM Studio and a GPU); "
     "tests/test_export.py writes every format",

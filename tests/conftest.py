@@ -82,6 +82,15 @@ max_tokens = 12
 WriteStudy = Callable[..., Path]
 
 
+def replaced(text: str, replace: dict[str, str]) -> str:
+    """A study's text with each ``old`` replaced by ``new``; an ``old`` it does not hold fails
+    the test (a shipped study that changed would otherwise be run unchanged, at full size)."""
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
 def tiny_probes(text: str) -> str:
     """A study's test copy with the smallest screening and confirmation that still run every
     step: 2 depth probes of 8 tokens (the defaults, 5 x 64, outweigh 8-to-96-token test
@@ -102,10 +111,7 @@ def write_study(tmp_path: Path) -> WriteStudy:
     """Write a study file into tmp_path (so its default SQLite storage lands there too)."""
 
     def write(text: str = FAKE_STUDY, name: str = "study.toml", **replace: str) -> Path:
-        text = textwrap.dedent(text)
-        for old, new in replace.items():
-            assert old in text, old
-            text = text.replace(old, new)
+        text = replaced(textwrap.dedent(text), replace)
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
         return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import tiny_probes
+from conftest import replaced, tiny_probes
 from sweeper.cli import cli
 
 ROOT = Path(__file__).parent.parent
@@ -25,11 +25,8 @@ def sweeper(*args: object) -> tuple[str, str]:
 def demo_copy(tmp_path: Path, **replace: str) -> Path:
     """The shipped demo study in tmp_path (its database and log land there)."""
     text = (ROOT / "studies" / "demo.toml").read_text(encoding="utf-8")
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
     path = tmp_path / "demo.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(replaced(text, replace), encoding="utf-8")
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import tiny_probes
+from conftest import replaced, tiny_probes
 from lmstudio_server import LMStudioTestServer, ServerModel
 
 ROOT = Path(__file__).parent.parent
@@ -191,13 +191,9 @@ def test_a_short_sweep_runs_through_the_installed_command(
 ) -> None:
     study = elsewhere / "quick.toml"
     text = (ROOT / "studies" / "lmstudio-quick.toml").read_text(encoding="utf-8")
-    for full, small in {
-        "max_tokens = 32": "max_tokens = 8",
-        "max_tokens = 64": "max_tokens = 12",
-    }.items():
-        assert full in text, full
-        text = text.replace(full, small)
-    study.write_text(tiny_probes(text))  # the shipped study, small: this tests the install
+    # the shipped study, small: this tests the install
+    small = {"max_tokens = 32": "max_tokens = 8", "max_tokens = 64": "max_tokens = 12"}
+    study.write_text(tiny_probes(replaced(text, small)))
     env = {**os.environ, "SWEEPER_HOME": str(tmp_path / "home")}
     with LMStudioTestServer([ServerModel(KEY, model_path)]) as server:
         done = subprocess.run(

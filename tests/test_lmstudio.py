@@ -11,7 +11,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from conftest import WriteStudy, tiny_probes
+from conftest import WriteStudy, replaced, tiny_probes
 from lmstudio_server import LMSError, LMStudioTestServer, ServerModel
 from sweeper import config as studyfile
 from sweeper.backends.lmstudio import LMStudioBackend, from_wire, to_config
@@ -359,10 +359,7 @@ def test_the_shipped_quick_study_runs_against_the_server(
 ) -> None:
     shipped = Path(__file__).parent.parent / "studies" / "lmstudio-quick.toml"
     study = tmp_path / shipped.name  # its log is written next to it, not into the checkout
-    text = shipped.read_text(encoding="utf-8")
-    for old, new in QUICK_SMALL.items():  # its settings as shipped; its caps made small
-        assert old in text, old
-        text = text.replace(old, new)
+    text = replaced(shipped.read_text(encoding="utf-8"), QUICK_SMALL)  # its caps made small
     study.write_text(tiny_probes(text), encoding="utf-8")
     storage = f"sqlite:///{tmp_path / 'quick.db'}"
     code, out, err = run_cli(

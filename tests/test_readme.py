@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_probes
+from conftest import replaced, tiny_probes
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -110,11 +110,7 @@ def small_studies(tmp_path: Path) -> Path:
     studies = tmp_path / "studies"
     shutil.copytree(ROOT / "studies", studies, ignore=shutil.ignore_patterns("*.db", "*.log"))
     for name, small in SMALL.items():
-        text = (studies / name).read_text()
-        for old, new in small.items():
-            assert old in text, old
-            text = text.replace(old, new)
-        (studies / name).write_text(tiny_probes(text))
+        (studies / name).write_text(tiny_probes(replaced((studies / name).read_text(), small)))
     return studies
 
 

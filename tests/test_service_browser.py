@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import chromium_path, tiny_probes
+from conftest import chromium_path, replaced, tiny_probes
 from service_process import Service, alive, ours, study
 
 SHIPPED = Path(__file__).parent.parent / "studies"
@@ -60,10 +60,7 @@ def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: lis
     studies.mkdir()
     # the shipped demo made small (its workloads, repeats, probes and confirmation): nothing
     # here asserts on a measurement, and the shipped sizes cost a minute more
-    demo = (SHIPPED / "demo.toml").read_text()
-    for full, small in SMALL_DEMO.items():
-        assert full in demo, full
-        demo = demo.replace(full, small)
+    demo = replaced((SHIPPED / "demo.toml").read_text(), SMALL_DEMO)
     (studies / "demo.toml").write_text(tiny_probes(demo))
     (studies / "second.toml").write_text(study("second", "fake-model", 3))
     (studies / "third.toml").write_text(study("third", "fake-model", 2))

@@ -63,7 +63,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial, limit: int | None = None) -> list[float]:
         try:
-            return self._trial(trial, limit)
+            with system.interruptible():
+                return self._trial(trial, limit)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: marked so that the next run retries it
             records.interrupted(trial)
             raise
@@ -72,7 +73,6 @@ class Objective:
             raise
 
     def _trial(self, trial: optuna.Trial, limit: int | None) -> list[float]:
-        system.raise_if_stopped()
         cfg = self.config
         tag = records.tag_of(trial)
         baseline_run = tag in (Tag.BASELINE, Tag.DRIFT_CHECK)

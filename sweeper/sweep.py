@@ -88,7 +88,18 @@ class Sweep:
     ) -> int:
         """Stage 1: run until the study holds ``trials`` complete trials, each screened (or,
         without screening, measured in full), leaving time for stage 2 within ``timeout_s``.
-        Stage 2 (screening): the finalists measured in full. Returns how many trials ran."""
+        Stage 2 (screening): the finalists measured in full. Returns how many trials ran.
+        A stop is raised only inside a trial's measurement (``Objective``) or as this ends."""
+        with system.stop_between_trials():
+            return self._run(study, trials, timeout_s, callbacks)
+
+    def _run(
+        self,
+        study: optuna.Study,
+        trials: int | None,
+        timeout_s: float | None,
+        callbacks: Sequence[Callback],
+    ) -> int:
         target = trials or self.config.budget.trials
         before = len(study.get_trials(deepcopy=False, states=_FINISHED))
         recs = enqueue_start(study, self.config)

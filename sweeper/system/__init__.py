@@ -36,9 +36,11 @@ from sweeper.system.processes import (  # noqa: E402
     die_with_parent,
     exit_description,
     hold_stop_signals,
+    interruptible,
     process_alive,
     raise_if_stopped,
     run_capture,
+    stop_between_trials,
     terminate_as_interrupt,
     watch_parent,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "exit_description",
     "gpus",
     "hold_stop_signals",
+    "interruptible",
     "keep_awake",
     "lmstudio_home",
     "maxrss_mb",
@@ -64,6 +67,7 @@ __all__ = [
     "raise_if_stopped",
     "ram_gb",
     "run_capture",
+    "stop_between_trials",
     "terminate_as_interrupt",
     "watch_parent",
 ]

@@ -111,6 +111,35 @@ class Stopping:
 
 #: the sessions open in this process, innermost last
 _sessions: list[Stopping] = []
+#: inside ``stop_between_trials`` and outside its ``interruptible`` parts: a stop is kept
+#: as state, not raised
+_held: list[bool] = []
+
+
+@contextlib.contextmanager
+def stop_between_trials() -> Iterator[None]:
+    """A stop is not raised inside the study's own bookkeeping (Optuna creating, starting and
+    storing a trial), only where ``interruptible`` says, or as the block ends: one raised while
+    Optuna created a trial left it running with no worker, which no resume took back, and which
+    counted towards the study's target for good (a resumed sweep ended a trial short)."""
+    _held.append(True)
+    try:
+        yield
+    finally:
+        _held.pop()
+    raise_if_stopped()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """A trial's own work, where a stop is raised at once (a stop already asked for first)."""
+    raise_if_stopped()
+    saved = _held[:]
+    _held.clear()
+    try:
+        yield
+    finally:
+        _held[:] = saved
 
 
 @contextlib.contextmanager
@@ -124,7 +153,8 @@ def terminate_as_interrupt() -> Iterator[Stopping]:
 
     def interrupt(signum: int, frame: object) -> None:
         stopping.requested = True
-        raise KeyboardInterrupt
+        if not _held:
+            raise KeyboardInterrupt
 
     def terminate(signum: int, frame: object) -> None:
         stopping.terminated = True

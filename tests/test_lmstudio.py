@@ -350,6 +350,7 @@ QUICK_SMALL = {
     "repeats = 2": "repeats = 1",
     "max_tokens = 32": "max_tokens = 8",
     "max_tokens = 64": "max_tokens = 12",
+    "warmup = 1": "warmup = 0",
 }
 
 

@@ -60,7 +60,7 @@ NOT_HERE = {
 }
 
 #: The shipped studies the README runs, small enough for a test (the README's commands run on
-#: them as written): small budgets and token caps, and tiny probes and confirmations.
+#: them as written): small budgets and token caps, no warm-up, tiny probes and confirmations.
 SMALL = {
     "demo.toml": {
         "trials = 12": "trials = 3",
@@ -68,18 +68,21 @@ SMALL = {
         "max_tokens = 48": "max_tokens = 8",
         "max_tokens = 96": "max_tokens = 12",
         "repeats = 3": "repeats = 1",
+        "warmup = 1": "warmup = 0",
     },
     "llama-server-quick.toml": {
         "trials = 8": "trials = 2",
         "max_tokens = 48": "max_tokens = 8",
         "max_tokens = 96": "max_tokens = 12",
         "repeats = 2": "repeats = 1",
+        "warmup = 1": "warmup = 0",
     },
     "lmstudio-quick.toml": {
         "trials = 6": "trials = 2",
         "max_tokens = 32": "max_tokens = 8",
         "max_tokens = 64": "max_tokens = 12",
         "repeats = 2": "repeats = 1",
+        "warmup = 1": "warmup = 0",
     },
 }
 

@@ -51,6 +51,7 @@ SMALL_DEMO = {
     "max_tokens = 48": "max_tokens = 8",
     "max_tokens = 96": "max_tokens = 12",
     "repeats = 3": "repeats = 1",
+    "warmup = 1": "warmup = 0",
 }
 
 
@@ -58,8 +59,8 @@ SMALL_DEMO = {
 def test_the_whole_path_in_a_browser(browser: Any, tmp_path: Path, services: list[Service]) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
-    # the shipped demo made small (its workloads, repeats, probes and confirmation): nothing
-    # here asserts on a measurement, and the shipped sizes cost a minute more
+    # the shipped demo made small (its workloads, repeats, warm-up, probes and confirmation):
+    # nothing here asserts on a measurement, and the shipped sizes cost a minute more
     demo = replaced((SHIPPED / "demo.toml").read_text(), SMALL_DEMO)
     (studies / "demo.toml").write_text(tiny_probes(demo))
     (studies / "second.toml").write_text(study("second", "fake-model", 3))

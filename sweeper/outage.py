@@ -67,16 +67,14 @@ class Watch:
             if time.monotonic() >= deadline:
                 raise EngineAway(
                     f"{self.name} did not come back within {_minutes(self.wait_s)} (waiting "
-                    f"since {since}; {why}); completed trials are kept: start {self.name} and "
-                    "run the same command to resume"
-                )
+                    f"since {since}; {why}); start {self.name} again"
+                )  # what is kept, and how to go on, is the caller's: a sweep's, a comparison's
             time.sleep(POLL_S)
         now = cls.engine_version(self.options)
         if self.engine is not None and now is not None and now != self.engine:
             raise EngineAway(
                 f"{self.name} came back as another engine ({self.engine} before, {now} now): "
-                "a study measures one engine, so the sweep stopped; completed trials are kept, "
-                "and the same command says how to go on"
+                "a study measures one engine"
             )
         log.warning("%s is back (waited since %s); measuring again", self.name, since)
         if progress:

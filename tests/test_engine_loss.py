@@ -176,6 +176,7 @@ def test_past_the_wait_one_line_and_the_same_command_resumes(
         f"1 complete trials are stored in sqlite:///{path.parent / 'lms.db'}; "
         "run the same command to resume"
     )
+    assert last.count("run the same command") == 1 and "start LM Studio again" in last
     assert "Traceback" not in sweep.stderr()
     # what tells the service to show the sweep as resumable, not failed
     (away,) = [e["message"] for e in sweep.events if e["event"] == "engine_away"]
@@ -259,6 +260,7 @@ def test_a_comparison_whose_lm_studio_does_not_return_is_one_line(
         "error: comparison stopped: LM Studio did not come back within 2 s"
     )
     assert err.splitlines()[-1].endswith("nothing of a comparison is stored: run it again")
+    assert "kept" not in err.splitlines()[-1]  # a comparison keeps nothing: said once, truly
     assert "Traceback" not in err
 
 

@@ -93,7 +93,12 @@ def plan(
     recs: Sequence[TrialRecord] = (),
     timeout_s: float | None = None,
     trials: int | None = None,
+    ahead: Speeds | None = None,
 ) -> NightPlan:
+    """The night at speeds ``s`` (the baseline's, or assumed). ``ahead``: what the finalists
+    and the confirmation's candidates run at, once the screening has named them (their own
+    screened speeds: the article's Before decodes at 10 tok/s, its finalists at 50); the
+    baseline's until then. The confirmation's baseline runs at ``s`` either way."""
     m, c = config.measure, config.confirm
     base = baseline(recs)
     prompt = {
@@ -109,12 +114,22 @@ def plan(
         for w in config.workloads
     }
 
-    def gen(prompt_tokens: float, tokens: float) -> float:
-        return prompt_tokens / s.prefill_tok_s + tokens / s.decode_tok_s
+    def gen(prompt_tokens: float, tokens: float, at: Speeds = s) -> float:
+        return prompt_tokens / at.prefill_tok_s + tokens / at.decode_tok_s
 
-    warm = m.warmup * sum(gen(prompt[w], min(m.probe_tokens, expected[w])) for w in prompt)
-    workloads = sum(gen(prompt[w], expected[w]) for w in prompt)
-    full_s = s.load_s + warm + m.repeats * workloads
+    def warm(at: Speeds) -> float:
+        return m.warmup * sum(gen(prompt[w], min(m.probe_tokens, expected[w]), at) for w in prompt)
+
+    def workloads(at: Speeds) -> float:
+        return sum(gen(prompt[w], expected[w], at) for w in prompt)
+
+    def full(at: Speeds) -> float:
+        return at.load_s + warm(at) + m.repeats * workloads(at)
+
+    def one_load(at: Speeds) -> float:  # a confirmation round loads each configuration once
+        return at.load_s + warm(at) + workloads(at)
+
+    full_s = full(s)
     deepest = max(prompt[w] + expected[w] for w in prompt)
     screening_s = (
         s.load_s
@@ -122,10 +137,14 @@ def plan(
         + sum(gen(prompt[w], m.probe_tokens) for w in prompt)
         + sum(gen(d, m.probe_tokens) for d in _depths(min(prompt.values()), deepest, m.depths))
     )
-    round_s = (1 + c.candidates) * (s.load_s + warm + workloads)
-    confirmation_s = c.rounds * round_s
+    confirmation_s = c.rounds * (1 + c.candidates) * one_load(s)
     finalists = m.promote * len(config.workloads) if m.screening else 0  # at most
-    reserve_s = finalists * full_s + confirmation_s
+    if ahead is None:
+        reserve_s = finalists * full_s + confirmation_s
+    else:
+        reserve_s = finalists * full(ahead) + c.rounds * (
+            one_load(s) + c.candidates * one_load(ahead)
+        )
     per_trial = screening_s if m.screening else full_s
     size = config.space.size()
     target = trials or config.budget.trials

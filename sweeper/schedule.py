@@ -206,9 +206,47 @@ def measured_before(
 
 
 def reserve_s(config: StudyConfig, recs: Sequence[TrialRecord]) -> float:
-    """Time to keep for the finalists and the confirmation (0 until speeds are known)."""
+    """Time to keep for the finalists and the confirmation (0 until speeds are known), priced
+    at the speeds of the configurations that will run them (``finalist_speeds``). Priced at
+    the baseline's alone, an 8-hour night on the article's PC (a Before at 10 tok/s, finalists
+    at 50) ended 1.4 hours early, time the screening, where the misses came from, could have
+    had (benchmarks/rig_search.py, simulated)."""
     speeds = plan.speeds(config, recs)
-    return plan.plan(config, speeds, recs).reserve_s if speeds else 0.0
+    return night(config, speeds, recs).reserve_s if speeds else 0.0
+
+
+def night(
+    config: StudyConfig,
+    speeds: plan.Speeds,
+    recs: Sequence[TrialRecord],
+    timeout_s: float | None = None,
+    trials: int | None = None,
+) -> plan.NightPlan:
+    """The night's plan as the sweep keeps to it (what `sweeper run` and `sweeper plan` show):
+    the finalists and the confirmation priced at ``finalist_speeds`` once there are any."""
+    return plan.plan(config, speeds, recs, timeout_s, trials, ahead=finalist_speeds(config, recs))
+
+
+def finalist_speeds(config: StudyConfig, recs: Sequence[TrialRecord]) -> plan.Speeds | None:
+    """What the finalists the screening would promote now were screened at, the slowest of
+    them on each count (load, decode, prompt): their full measurements and the confirmation's
+    candidates will run at about that. None while the screening has named none (then the
+    baseline's speeds are the estimate), or where a finalist's screening lacks a number."""
+    chosen = finalists(config, recs)
+    if not chosen:
+        return None
+    loads, decode, prefill = [], [], []
+    for r in chosen:
+        if r.load_s is None or not r.estimates:
+            return None
+        loads.append(r.load_s)
+        for e in r.estimates.values():
+            decode.append(e.mean_tok_s)
+            if e.ttft_s > 0:
+                prefill.append(e.prompt_tokens / e.ttft_s)
+    if not prefill or min(decode) <= 0:
+        return None
+    return plan.Speeds(max(loads), min(decode), max(min(prefill), min(decode)), "screened")
 
 
 def _completion(p: Point) -> float:

@@ -189,6 +189,33 @@ def test_the_plan_arithmetic(write_study: WriteStudy) -> None:
     assert p.finalists == 2  # promote 1 x 2 workloads, at most
 
 
+def test_the_reserve_is_priced_at_the_finalists_screened_speeds(write_study: WriteStudy) -> None:
+    """`--timeout` keeps time for the finalists and the confirmation. The finalists are the
+    screening's best, not the baseline: priced at the baseline's speeds (1 thread here, 4 for
+    them), the reserve kept time the screening could have had."""
+    config = studyfile.load(write_study(STAGED))
+    _, study = staged_sweep(write_study(STAGED), trials=5, behaviour=slower_with_depth)
+    recs = [r for r in records.load(study) if r.tag != "full"]  # while screening: none in full
+    base = plan.speeds(config, recs)
+    ahead = schedule.finalist_speeds(config, recs)
+    assert base is not None and ahead is not None
+    chosen = schedule.finalists(config, recs)
+    assert chosen and all(r.settings["cpu_threads"] > 1 for r in chosen)
+    # the slowest of them: the chosen ones' own screened decode speeds, not the baseline's
+    assert ahead.decode_tok_s == min(e.mean_tok_s for r in chosen for e in r.estimates.values())
+    assert ahead.decode_tok_s > 1.5 * base.decode_tok_s
+    at_base, at_ahead = plan.plan(config, base, recs), plan.plan(config, ahead, recs)
+    c = config.confirm
+    base_load, ahead_load = (
+        p.confirmation_s / (c.rounds * (1 + c.candidates)) for p in (at_base, at_ahead)
+    )  # one load of a confirmation round: the configuration and its workloads once
+    assert schedule.reserve_s(config, recs) == pytest.approx(
+        at_base.finalists * at_ahead.full_s + c.rounds * (base_load + c.candidates * ahead_load)
+    )  # the confirmation's baseline runs at its own speed
+    assert schedule.reserve_s(config, recs) < at_base.reserve_s
+    assert schedule.reserve_s(config, recs[:1]) == at_base.reserve_s  # none named yet
+
+
 def test_plan_on_every_shipped_study() -> None:
     root = Path(__file__).parent.parent / "studies"
     for study in sorted(root.glob("*.toml")):

@@ -14,7 +14,18 @@ import optuna
 
 from sweeper import compare as comparison
 from sweeper import config as config_file
-from sweeper import confirm, fingerprint, fronts, outage, plan, records, stats, sweep, terminal
+from sweeper import (
+    confirm,
+    fingerprint,
+    fronts,
+    outage,
+    plan,
+    records,
+    schedule,
+    stats,
+    sweep,
+    terminal,
+)
 from sweeper.backends import backend_class
 from sweeper.cli.common import (
     CONFIG_HELP,
@@ -78,7 +89,7 @@ def run(
     target, url = trials or config.budget.trials, redact(storage or config.storage)
     recs = records.load(study)
     speeds = plan.speeds(config, recs)
-    night = plan.plan(config, speeds, recs, timeout_s, target) if speeds else None
+    night = schedule.night(config, speeds, recs, timeout_s, target) if speeds else None
     overrun = plan.baseline_overrun(config, recs, night)
     if overrun:
         fail(overrun)
@@ -305,7 +316,7 @@ def plan_cmd(
             "the study has no measured baseline yet: give --assume-tok-s (and --assume-load-s) "
             "to plan with, e.g. what LM Studio shows for this model"
         )
-    night = plan.plan(config, speeds, recs, timeout_s, trials)
+    night = schedule.night(config, speeds, recs, timeout_s, trials)
     if as_json:
         click.echo(json.dumps(night.to_dict(), indent=2))
         return

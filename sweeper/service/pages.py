@@ -11,7 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import config as config_file
-from sweeper import export, fronts, installs, lock, plan, records, report, studyrecord, terminal
+from sweeper import (
+    export,
+    fronts,
+    installs,
+    lock,
+    plan,
+    records,
+    report,
+    schedule,
+    studyrecord,
+    terminal,
+)
 from sweeper.backends import backend_class, unavailable
 from sweeper.config import StudyConfig
 from sweeper.errors import StorageError, SweeperError
@@ -268,7 +279,7 @@ def plan_of(
             "why": "no measured baseline yet: the first trial measures it. Give the decode "
             "speed you see today (tok/s) to plan from that.",
         }
-    night = plan.plan(config, speeds, recs, timeout_s or config.budget.timeout_s, trials)
+    night = schedule.night(config, speeds, recs, timeout_s or config.budget.timeout_s, trials)
     return {"plan": night.to_dict(), "summary": plan.summary(night)}
 
 

@@ -14,7 +14,7 @@ from llama_cpp import Llama
 from lmstudio._kv_config import load_config_to_kv_config_stack
 from lmstudio._sdk_models import LlmLoadModelConfig
 
-from conftest import WriteStudy, front_points, run_fake
+from conftest import FAKE_STUDY, WriteStudy, front_points, run_fake
 from lmstudio_server.server import KNOWN_LOAD_KEYS, collapse, llama_kwargs
 from sweeper import export
 from sweeper.backends import backend_class, llamaserver_args
@@ -41,9 +41,14 @@ FULL = LoadSettings(
 )
 
 
-@pytest.fixture
-def preset(write_study: WriteStudy) -> export.Preset:
-    _, study = run_fake(write_study(), trials=3)
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> export.Preset:
+    """A recommendation of the fake study with every setting, shared: a preset is frozen."""
+    d = tmp_path_factory.mktemp("preset")
+    (d / "study.toml").write_text(FAKE_STUDY)
+    with pytest.MonkeyPatch.context() as m:  # as _sweeper_home does for each test
+        m.setenv("SWEEPER_HOME", str(d / "sweeper-home"))
+        _, study = run_fake(d / "study.toml", trials=3)
     rec = recommend("short", front_points(study, "short"), 16)
     assert rec is not None
     rec = type(rec)(

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -369,12 +370,25 @@ LMSTUDIO_CONFIG = {
 }
 
 
+@pytest.fixture(scope="module")
+def swept_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake study swept and confirmed once for the module's install tests, which only
+    read it (each installs into its own LM Studio home): its database."""
+    d = tmp_path_factory.mktemp("swept")
+    (d / "fake.toml").write_text(FAKE_STUDY)
+    with pytest.MonkeyPatch.context() as m:  # as _sweeper_home does for each test
+        m.setenv("SWEEPER_HOME", str(d / "sweeper-home"))
+        m.setenv("HOME", str(d))
+        result = CliRunner().invoke(cli, ["run", str(d / "fake.toml")])
+    assert result.exit_code == 0, result.stderr
+    return d / "fake.db"
+
+
 @pytest.fixture
-def swept(studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def swept(studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swept_once: Path) -> Path:
     """The fake study swept and confirmed, with LM Studio's home in tmp_path (returned)."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    result = CliRunner().invoke(cli, ["run", str(studies / "fake.toml")])
-    assert result.exit_code == 0, result.stderr
+    shutil.copyfile(swept_once, studies / "fake.db")
     return tmp_path
 
 

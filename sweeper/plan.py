@@ -45,7 +45,9 @@ class Speeds:
 class NightPlan:
     speeds: Speeds
     screening_s: float
+    #: one full measurement at ``speeds`` (the baseline's)
     full_s: float
+    #: the confirmation at its most rounds: the baseline at ``speeds``, candidates at ``ahead``
     confirmation_s: float
     #: the finalists measured in full (at most), and what they and the confirmation take
     finalists: int
@@ -57,10 +59,16 @@ class NightPlan:
     screening_trials: int
     full_measurements: int
     warnings: list[str] = field(default_factory=list)
+    #: what the finalists and the confirmation's candidates are priced at: their screened
+    #: speeds once the screening has named them, else None (the baseline's, ``speeds``)
+    ahead: Speeds | None = None
+    #: one finalist's full measurement (at ``ahead``, with adaptive repeats at their cap)
+    finalist_full_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["speeds"] = dict(self.speeds.__dict__)
+        d["ahead"] = dict(self.ahead.__dict__) if self.ahead else None
         return d
 
 
@@ -123,8 +131,8 @@ def plan(
     def workloads(at: Speeds) -> float:
         return sum(gen(prompt[w], expected[w], at) for w in prompt)
 
-    def full(at: Speeds) -> float:
-        return at.load_s + warm(at) + m.repeats * workloads(at)
+    def full(at: Speeds, repeats: int = m.repeats) -> float:
+        return at.load_s + warm(at) + repeats * workloads(at)
 
     def one_load(at: Speeds) -> float:  # a confirmation round loads each configuration once
         return at.load_s + warm(at) + workloads(at)
@@ -137,14 +145,13 @@ def plan(
         + sum(gen(prompt[w], m.probe_tokens) for w in prompt)
         + sum(gen(d, m.probe_tokens) for d in _depths(min(prompt.values()), deepest, m.depths))
     )
-    confirmation_s = c.rounds * (1 + c.candidates) * one_load(s)
-    finalists = m.promote * len(config.workloads) if m.screening else 0  # at most
     if ahead is None:
-        reserve_s = finalists * full_s + confirmation_s
+        confirmation_s = c.rounds * ((1 + c.candidates) * one_load(s))
     else:
-        reserve_s = finalists * full(ahead) + c.rounds * (
-            one_load(s) + c.candidates * one_load(ahead)
-        )
+        confirmation_s = c.rounds * (one_load(s) + c.candidates * one_load(ahead))
+    finalist_full_s = full(ahead or s, m.repeat_cap)  # finalists sit near a front
+    finalists = m.promote * len(config.workloads) if m.screening else 0  # at most
+    reserve_s = finalists * finalist_full_s + confirmation_s
     per_trial = screening_s if m.screening else full_s
     size = config.space.size()
     target = trials or config.budget.trials
@@ -183,6 +190,8 @@ def plan(
         screening_trials=count if m.screening else 0,
         full_measurements=finalists + 1 if m.screening else count,
         warnings=warnings,
+        ahead=ahead,
+        finalist_full_s=finalist_full_s,
     )
 
 
@@ -228,6 +237,11 @@ def _depths(shallowest: float, deepest: float, n: int) -> list[float]:
     return [shallowest + step * (i + 1) for i in range(n)]
 
 
+def _at(ahead: Speeds | None) -> str:
+    """Where the finalists are priced at their own screened speeds, which."""
+    return f", at their screened {ahead.decode_tok_s:.1f} tok/s" if ahead else ""
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -242,7 +256,8 @@ def summary(p: NightPlan) -> str:
     if p.screening_trials:
         what = (
             f"screening {p.screening_trials} configurations ({_hours(p.screening_s)} each), "
-            f"then up to {p.finalists} finalists in full ({_hours(p.full_s)} each)"
+            f"then up to {p.finalists} finalists in full ({_hours(p.finalist_full_s)} each"
+            f"{_at(p.ahead)})"
         )
     else:
         what = f"{p.full_measurements} configurations in full ({_hours(p.full_s)} each)"

@@ -5,6 +5,7 @@ proposals already measured answered from storage. Pure functions over trial reco
 from __future__ import annotations
 
 import datetime
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -228,23 +229,20 @@ def night(
 
 
 def finalist_speeds(config: StudyConfig, recs: Sequence[TrialRecord]) -> plan.Speeds | None:
-    """What the finalists the screening would promote now were screened at, the slowest of
-    them on each count (load, decode, prompt): their full measurements and the confirmation's
+    """What the finalists the screening would promote now were screened at: each one's speeds
+    over its workloads as `plan.speeds` takes the baseline's (the median), and the slowest of
+    them on each count (load, decode, prompt). Their full measurements and the confirmation's
     candidates will run at about that. None while the screening has named none (then the
     baseline's speeds are the estimate), or where a finalist's screening lacks a number."""
-    chosen = finalists(config, recs)
-    if not chosen:
-        return None
     loads, decode, prefill = [], [], []
-    for r in chosen:
-        if r.load_s is None or not r.estimates:
+    for r in finalists(config, recs):
+        estimates = list(r.estimates.values())
+        if r.load_s is None or not estimates or any(e.ttft_s <= 0 for e in estimates):
             return None
         loads.append(r.load_s)
-        for e in r.estimates.values():
-            decode.append(e.mean_tok_s)
-            if e.ttft_s > 0:
-                prefill.append(e.prompt_tokens / e.ttft_s)
-    if not prefill or min(decode) <= 0:
+        decode.append(statistics.median(e.mean_tok_s for e in estimates))
+        prefill.append(statistics.median(e.prompt_tokens / e.ttft_s for e in estimates))
+    if not decode or min(decode) <= 0:
         return None
     return plan.Speeds(max(loads), min(decode), max(min(prefill), min(decode)), "screened")
 

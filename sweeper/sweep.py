@@ -139,18 +139,21 @@ class Sweep:
             self.on_stage(name, trials)
 
     def _after_trial(self, start: float, timeout_s: float | None) -> Callback:
-        """After each trial, from its own snapshot: re-run the baseline when due (if it moved,
-        the machine changed under the sweep); stop sampling when only the reserve for the
-        finalists and the confirmation is left."""
+        """After each trial, from its own snapshot: stop sampling when only the reserve for the
+        finalists and the confirmation is left; else re-run the baseline when due (if it moved,
+        the machine changed under the sweep)."""
 
         def after(study: optuna.Study, trial: FrozenTrial) -> None:
             recs = self.objective.after(trial)
+            reserve = schedule.reserve_s(self.config, recs)
+            if timeout_s is not None and self.clock() - start + reserve >= timeout_s:
+                # no drift check now: it would run with the finalists, in time kept for them
+                # (the confirmation measures the baseline beside them anyway)
+                study.stop()
+                return
             params = schedule.drift_check_due(recs, self.config.measure, self.now())
             if params is not None:
                 records.enqueue(study, params, Tag.DRIFT_CHECK)
-            reserve = schedule.reserve_s(self.config, recs)
-            if timeout_s is not None and self.clock() - start + reserve >= timeout_s:
-                study.stop()
 
         return after
 

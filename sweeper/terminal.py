@@ -84,6 +84,12 @@ def plan_text(study: str, p: NightPlan) -> str:
             f"  {budget}: {p.screening_trials} configurations screened, up to {p.finalists} "
             "finalists measured in full, then the confirmation"
         )
+        if p.ahead is not None:
+            lines.append(
+                f"  (the finalists and the confirmation's candidates priced at the screened "
+                f"speeds of those it would promote now: decode {p.ahead.decode_tok_s:.1f} tok/s, "
+                f"{_duration(p.finalist_full_s)} each in full)"
+            )
     else:
         lines.append(f"  {budget}: {p.full_measurements} configurations measured in full")
     if p.space_size is not None:

@@ -10,11 +10,12 @@ whose loads and generations advance a simulated clock, so a night costs seconds.
 simulated clock, which the sweep is given. Baseline: the article's Before. (Until 2026-12-07
 this script stopped the sweep with a callback of its own, which also fired in the finalists'
 stage: where a drift check was queued ahead of the finalist, the finalist never ran and the
-night ended in "keep your settings", in 5 (quiet) and 1 (busy) of 100 seeds.)
+night ended in "keep your settings", in 5 (quiet) and 1 (busy) of 100 seeds. Until
+1e2f6d2 the reserve was priced at the Before's speeds: results/rig_search_before_reserve.json.)
 
 Compared, each from the Before, within the same 8 simulated hours:
 - the same study with two finalists per workload (`promote = 2`, the shipped study has 1):
-  whether one more full measurement would catch what a noisy screening ranked wrong;
+  whether one more full measurement catches what a noisy screening ranked wrong;
 - random search: configurations drawn uniformly from the study's space, one run of each
   workload each, the fastest measured kept; no confirmation;
 - llama-optimus' method: single-objective TPE on depth-0 decode tok/s (a llama-bench-like

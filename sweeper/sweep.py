@@ -145,10 +145,13 @@ class Sweep:
 
         def after(study: optuna.Study, trial: FrozenTrial) -> None:
             recs = self.objective.after(trial)
-            reserve = schedule.reserve_s(self.config, recs)
-            if timeout_s is not None and self.clock() - start + reserve >= timeout_s:
-                # no drift check now: it would run with the finalists, in time kept for them
-                # (the confirmation measures the baseline beside them anyway)
+            # the reserve is priced only under a deadline (pricing it ranks the screening's
+            # front); once met, no drift check: it would run with the finalists, in time kept
+            # for them (the confirmation measures the baseline beside them anyway)
+            if (
+                timeout_s is not None
+                and self.clock() - start + schedule.reserve_s(self.config, recs) >= timeout_s
+            ):
                 study.stop()
                 return
             params = schedule.drift_check_due(recs, self.config.measure, self.now())

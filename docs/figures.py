@@ -106,6 +106,22 @@ def article() -> str:
 # --- what is measured -----------------------------------------------------------------------
 
 
+def worker_start() -> str:
+    d = load("worker_start")
+
+    def ms(method: str, key: str) -> str:
+        v = d[method][key]
+        return f"{v['median']:.0f} ms [{v['min']:.0f}-{v['max']:.0f}]"
+
+    n = d["spawn"]["before_load_ms"]["n"]
+    return (
+        f"A trial's model load begins {ms('forkserver', 'before_load_ms')} after the trial is "
+        f"called when its process forks from the server, {ms('spawn', 'before_load_ms')} when "
+        f"a new interpreter is spawned (median [min-max] of {n} trials each, alternating; "
+        f"{source('worker_start', d)}).\n"
+    )
+
+
 def threads() -> str:
     d = load("threads")
     rows = {(r["cpu_threads"], r["workload"]): r for r in d["results"]}

@@ -1,6 +1,6 @@
 """Running a trial: load, warm up, repeat every workload, unload; in a child process or here.
 
-``ChildProcessRunner`` does it in a fresh spawned process (the default): a segfault, an
+``ChildProcessRunner`` does it in a fresh process (the default): a segfault, an
 out-of-memory kill or a hang costs one trial with a named reason, never the sweep, and the
 first-generation-in-a-process slowdown and memory figures stay per trial.
 ``InProcessRunner`` does the same in this process, for backends injected by tests.

@@ -84,16 +84,22 @@ def test_psycopg2_urls_still_work(postgres_url: str, write_study: WriteStudy) ->
     assert json.loads(status.stdout)["complete"] == 2  # one study, seen through either driver
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: a trial's worker is its grandchild on Linux (forked by a
+    fork server, sweeper's child), its child elsewhere."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [p for p, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -130,7 +136,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
         if states.count(TrialState.COMPLETE) >= 1 and started:
             break
     assert study is not None
-    workers = _children(proc.pid)
+    workers = _descendants(proc.pid)
+    assert workers, "no trial worker below the sweep"
     time.sleep(2.0)  # the worker is loading or generating now
     before = [
         (t.number, t.params, t.values) for t in study.trials if t.state == TrialState.COMPLETE

@@ -165,6 +165,45 @@ def test_a_program_dies_with_sweeper_on_linux(tmp_path: Path) -> None:
     assert _gone(program, 5)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process tree (Windows: the job)")
+def test_a_worker_dies_with_sweeper_killed() -> None:
+    """A trial's worker (on Linux forked by a fork server, sweeper's child) does not outlive a
+    kill -9 of sweeper: nothing goes on generating, holding the model, after its sweep."""
+    parent_code = textwrap.dedent("""
+        import time, worker_targets
+        from sweeper import system
+        w = system.Worker(worker_targets.say_pid_and_wait, ())
+        w.start()
+        print(w.results.recv()[0], flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    with parent.stdout:
+        worker = int(parent.stdout.readline())
+    assert not _gone(worker, 0.5)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert _gone(worker, 5)
+
+
+def test_a_worker_sees_the_environment_sweeper_has_when_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a spawned interpreter does, also where workers fork from a server started earlier."""
+    seen = []
+    for value in ("first", "second"):
+        monkeypatch.setenv("SWEEPER_TEST_VALUE", value)
+        worker = system.Worker(worker_targets.say_environment, ("SWEEPER_TEST_VALUE",))
+        worker.start()
+        assert worker.results.poll(30)
+        seen.append(worker.results.recv()[0])
+        worker.stop()
+    assert seen == ["first", "second"]
+
+
 def test_a_program_is_stopped_gently_then_for_good(tmp_path: Path) -> None:
     log = tmp_path / "p.log"
     p = system.Program([sys.executable, "-c", "import time; time.sleep(60)"], log)

@@ -15,3 +15,18 @@ def loop_until_stopped(results: Connection) -> None:
     except SystemExit:
         results.send(("unwound",))
         raise
+
+
+def say_environment(results: Connection, name: str) -> None:
+    """Sends the value of environment variable ``name`` as this worker sees it."""
+    import os
+
+    results.send((os.environ.get(name),))
+
+
+def say_pid_and_wait(results: Connection) -> None:
+    """Sends its pid, then waits to be killed with its parent."""
+    import os
+
+    results.send((os.getpid(),))
+    time.sleep(120)

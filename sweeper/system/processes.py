@@ -1,4 +1,4 @@
-"""Every process sweeper starts: trial workers (a Python function in a fresh spawned process)
+"""Every process sweeper starts: trial workers (a Python function in a fresh process)
 and programs (llama-server, sweeps started by the service); each dies with sweeper and is
 stopped gently (a message, SIGTERM, Ctrl-Break) before for good. And the stop signals."""
 
@@ -36,11 +36,12 @@ def die_with_parent(parent_pid: int, platform: str = PLATFORM) -> None:
     if platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-            if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                os._exit(1)
-            return
-    # macOS, Windows (behind its job object), anything else: watch the parent
+            libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: when our parent goes
+            if os.getppid() == parent_pid:  # started by sweeper itself: the kernel sees to it
+                return
+            # forked by sweeper's fork server, which lives on after sweeper while a worker it
+            # forked holds its pipe (as multiprocessing gives each): watch sweeper too
+    # macOS, Windows (behind its job object), a worker of a fork server: watch the parent
     watch_parent(parent_pid)
 
 
@@ -199,19 +200,33 @@ def exit_description(exitcode: int | None) -> tuple[bool, str]:
 # ---- workers (a Python function in a fresh process) -----------------------------------------
 
 
+def worker_start_method(platform: str = PLATFORM) -> str:
+    """How a worker starts. On Linux it forks from a fork server that imported the worker's
+    module once: a spawned interpreter takes about 0.2 s to start and import it, every trial
+    and every confirmation round (benchmarks/startup.py). Elsewhere a fresh interpreter:
+    Windows has no fork, and macOS's system libraries are not safe to fork."""
+    return "forkserver" if platform.startswith("linux") else "spawn"
+
+
 class Worker:
-    """A supervised child running ``target(results, *args)`` in a fresh spawned process: it
-    dies with sweeper, is capped in memory, and is stopped by a message first."""
+    """A supervised child running ``target(results, *args)`` in a fresh process: it dies with
+    sweeper, is capped in memory, and is stopped by a message first. Its environment is
+    sweeper's when it starts, as a spawned interpreter's is (a fork server's is its own)."""
 
     def __init__(
         self, target: Callable[..., None], args: tuple[Any, ...], memory_limit_mb: int | None = None
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        method = worker_start_method()
+        ctx = multiprocessing.get_context(method)
+        env = None
+        if method == "forkserver":  # the server imports the target's module once, at its start
+            ctx.set_forkserver_preload([target.__module__])
+            env = dict(os.environ)
         self.results, results_w = ctx.Pipe(duplex=False)
         control_r, self._control = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_worker_main,
-            args=(target, results_w, control_r, os.getpid(), memory_limit_mb, args),
+            args=(target, results_w, control_r, os.getpid(), memory_limit_mb, env, args),
             daemon=True,
         )
         self._ends = (results_w, control_r)
@@ -252,8 +267,12 @@ def _worker_main(
     control: Connection,
     parent_pid: int,
     memory_limit_mb: int | None,
+    env: dict[str, str] | None,
     args: tuple[Any, ...],
 ) -> None:
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     # Ctrl-C reaches the whole process group (or console); the parent decides about the trial
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_stop)

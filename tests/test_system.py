@@ -204,6 +204,69 @@ def test_a_worker_sees_the_environment_sweeper_has_when_it_starts(
     assert seen == ["first", "second"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+def test_a_worker_unwinds_when_its_whole_process_group_is_terminated(tmp_path: Path) -> None:
+    """systemd and ``timeout`` send SIGTERM to every process of the group: the worker unwinds
+    (a backend unloads its model) and sweeper waits for it; nothing kills it half-way (on
+    Linux its fork server, ended by that SIGTERM, would: the worker's death signal)."""
+    marker = tmp_path / "unwound"
+    parent_code = textwrap.dedent(f"""
+        import signal, sys, time, worker_targets
+        from sweeper import system
+        w = system.Worker(worker_targets.unwind_slowly, ({str(marker)!r},))
+        def stop(signum, frame):
+            w.stop(grace_s=30)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        w.start()
+        print(w.results.recv()[0], flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert parent.stdout is not None
+    with parent.stdout:
+        assert parent.stdout.readline().strip() == "started"
+    os.killpg(parent.pid, signal.SIGTERM)
+    assert parent.wait(timeout=60) == 0
+    assert marker.exists(), "the worker was killed before it unwound"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX worker's start")
+def test_a_python_file_in_the_working_directory_does_not_replace_a_workers_module(
+    tmp_path: Path,
+) -> None:
+    """Users run sweeper in their study's folder, which may hold any Python file: a module of
+    that name is not imported in place of the worker's (here its target's module; a
+    ``random.py`` would do the same to the standard library's)."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "worker_targets.py").write_text("raise SystemExit('the working directory')\n")
+    script = tmp_path / "bin" / "parent.py"  # run as a script, as the `sweeper` command is
+    script.parent.mkdir()
+    script.write_text(
+        textwrap.dedent("""
+            import worker_targets
+            from sweeper import system
+            if __name__ == "__main__":
+                w = system.Worker(worker_targets.say_environment, ("SWEEPER_HOME",))
+                w.start()
+                assert w.results.poll(30), "no word from the worker"
+                print(w.results.recv()[0] is not None)
+                w.stop()
+        """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 def test_a_program_is_stopped_gently_then_for_good(tmp_path: Path) -> None:
     log = tmp_path / "p.log"
     p = system.Program([sys.executable, "-c", "import time; time.sleep(60)"], log)

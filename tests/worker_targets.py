@@ -30,3 +30,18 @@ def say_pid_and_wait(results: Connection) -> None:
 
     results.send((os.getpid(),))
     time.sleep(120)
+
+
+def unwind_slowly(results: Connection, marker: str) -> None:
+    """Works until stopped; on its way out takes a second, as an unload does, then leaves
+    ``marker`` (proof it was not killed while unwinding)."""
+    from pathlib import Path
+
+    results.send(("started",))
+    try:
+        while True:
+            time.sleep(0.05)
+    except SystemExit:
+        time.sleep(1.0)
+        Path(marker).write_text("unwound")
+        raise

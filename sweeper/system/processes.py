@@ -202,10 +202,38 @@ def exit_description(exitcode: int | None) -> tuple[bool, str]:
 
 def worker_start_method(platform: str = PLATFORM) -> str:
     """How a worker starts. On Linux it forks from a fork server that imported the worker's
-    module once: a spawned interpreter takes about 0.2 s to start and import it, every trial
-    and every confirmation round (benchmarks/startup.py). Elsewhere a fresh interpreter:
-    Windows has no fork, and macOS's system libraries are not safe to fork."""
+    module once: a spawned interpreter takes about 0.2 s more to start and import it, every
+    trial and every confirmation round (benchmarks/worker_start.py). Elsewhere a fresh
+    interpreter: Windows has no fork, and macOS's system libraries are not safe to fork."""
     return "forkserver" if platform.startswith("linux") else "spawn"
+
+
+def _start_helpers(method: str) -> None:
+    """multiprocessing's helper processes, started before a worker's start holds the stop
+    signals. Its resource tracker first: starting it releases them, whatever they were (it
+    blocks, then unblocks, SIGINT and SIGTERM). Then the fork server, holding them, which keeps
+    them held for good: a SIGTERM to the whole process group (systemd, ``timeout``) must not end
+    it, or its workers would die by their death signal before they unwind and unload. And
+    without the working directory on its path: it runs as ``python -c``, whose path starts
+    there, so a ``random.py`` or ``sweeper.py`` beside the user's study would be imported in
+    place of the real one, by the server and every worker forked from it."""
+    if PLATFORM == "win32":
+        return
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    if method != "forkserver":
+        return
+    safe = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        with hold_stop_signals():
+            forkserver.ensure_running()
+    finally:
+        if safe is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe
 
 
 class Worker:
@@ -216,7 +244,7 @@ class Worker:
     def __init__(
         self, target: Callable[..., None], args: tuple[Any, ...], memory_limit_mb: int | None = None
     ) -> None:
-        method = worker_start_method()
+        self._method = method = worker_start_method()
         ctx = multiprocessing.get_context(method)
         env = None
         if method == "forkserver":  # the server imports the target's module once, at its start
@@ -233,6 +261,7 @@ class Worker:
         self.memory_limit_mb = memory_limit_mb
 
     def start(self) -> None:
+        _start_helpers(self._method)
         with hold_stop_signals():
             try:
                 self.process.start()
@@ -297,6 +326,9 @@ def _listen(control: Connection) -> None:
 
 
 def _exit_on_stop(signum: int, frame: object) -> None:
+    # once: a SIGTERM to the whole process group reaches the worker and then sweeper, whose
+    # stop message would cut the unwinding (the unload) short; stop() ends a worker that hangs
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 

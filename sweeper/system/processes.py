@@ -245,14 +245,15 @@ class Worker:
         self, target: Callable[..., None], args: tuple[Any, ...], memory_limit_mb: int | None = None
     ) -> None:
         self._method = method = worker_start_method()
-        ctx = multiprocessing.get_context(method)
+        # a BaseContext to the type checker, which knows Process only on each context's class
+        ctx: Any = multiprocessing.get_context(method)
         env = None
         if method == "forkserver":  # the server imports the target's module once, at its start
             ctx.set_forkserver_preload([target.__module__])
             env = dict(os.environ)
         self.results, results_w = ctx.Pipe(duplex=False)
         control_r, self._control = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(
+        self.process: multiprocessing.process.BaseProcess = ctx.Process(
             target=_worker_main,
             args=(target, results_w, control_r, os.getpid(), memory_limit_mb, env, args),
             daemon=True,

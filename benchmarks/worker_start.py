@@ -3,7 +3,7 @@
 Every trial and every confirmation round runs in a fresh worker process. A spawned worker is a
 new interpreter that imports sweeper's runner before it can load the model (Windows, macOS,
 and Linux before this benchmark); on Linux workers now fork from a fork server that imported
-the runner once (`sweeper.system.worker_start_method`).
+the runner once (`sweeper.system.workers.worker_start_method`).
 
 Measured on the real model (Gemma 3 270M, llama.cpp): from the call that runs a trial to the
 worker's "loaded" message, less the load itself as the worker timed it: the start-up a trial
@@ -28,7 +28,7 @@ from pathlib import Path
 from sweeper.backends.llamacpp import LlamaCppBackend
 from sweeper.runner import WorkerSpec, run_in_child
 from sweeper.settings import LoadSettings
-from sweeper.system import processes
+from sweeper.system import workers
 from sweeper.workloads import Sampling, builtin
 
 OUT = Path(__file__).parent / "results" / "worker_start.json"
@@ -45,7 +45,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def one_trial(spec: WorkerSpec, method: str) -> tuple[float, float]:
     """(ms before the load began, ms of the whole trial) for a trial started by ``method``."""
-    processes.worker_start_method = lambda platform=processes.PLATFORM: method  # type: ignore[assignment]
+    workers.worker_start_method = lambda platform=workers.PLATFORM: method  # type: ignore[assignment]
     loaded_at: list[float] = []
 
     def progress(kind: str, *rest: object) -> None:

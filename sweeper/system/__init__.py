@@ -32,7 +32,6 @@ from sweeper.system.machine import (  # noqa: E402
 from sweeper.system.processes import (  # noqa: E402
     Program,
     Stopping,
-    Worker,
     die_with_parent,
     exit_description,
     hold_stop_signals,
@@ -45,6 +44,7 @@ from sweeper.system.processes import (  # noqa: E402
     watch_parent,
 )
 from sweeper.system.windows import Job  # noqa: E402
+from sweeper.system.workers import Worker, worker_start_method  # noqa: E402
 
 __all__ = [
     "PLATFORM",
@@ -70,4 +70,5 @@ __all__ = [
     "stop_between_trials",
     "terminate_as_interrupt",
     "watch_parent",
+    "worker_start_method",
 ]

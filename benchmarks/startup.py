@@ -99,6 +99,16 @@ def describe(tree: Path) -> dict[str, object]:
     }
 
 
+def machine(note: str) -> dict[str, object]:
+    """The machine a start-up figure was measured on (``note``: its state, e.g. busy)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "note": note,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--before", type=Path, help="an older source tree to compare with")
@@ -116,12 +126,7 @@ def main() -> None:
         "what": "a fresh interpreter doing a trial worker's imports (each tree's: see imports)",
         "command": 'python -X importtime -c "IMPORTS" (import_ms: sum of self times)',
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "note": args.note,
-        },
+        "machine": machine(args.note),
     }
     for name, tree in trees.items():
         result[name] = describe(tree) | {

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from startup import machine  # this folder: the benchmarks run as scripts
 
 from sweeper.backends.llamacpp import LlamaCppBackend
 from sweeper.runner import WorkerSpec, run_in_child
@@ -75,12 +75,7 @@ def main() -> None:
         "model load (before_load_ms), and the whole trial (trial_ms: load, 8 tokens, unload)",
         "command": "benchmarks/worker_start.py",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "note": args.note,
-        },
+        "machine": machine(args.note),
         "first_forkserver_trial": {
             "before_load_ms": round(first_fork[0], 1),
             "trial_ms": round(first_fork[1], 1),

@@ -112,16 +112,22 @@ def _orphan_of_killed_parent(child_code: str) -> int:
         print(child.pid, flush=True)
         time.sleep(60)
     """)
+    return _pid_after_its_parent_is_killed(parent_code, 1.5)  # the child is up and watching
+
+
+def _pid_after_its_parent_is_killed(parent_code: str, settle_s: float) -> int:
+    """Runs ``parent_code``, which prints a pid, waits ``settle_s``, then kills the parent with
+    SIGKILL; returns the pid it printed."""
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
     )
     assert parent.stdout is not None
     with parent.stdout:
-        child = int(parent.stdout.readline())
-    time.sleep(1.5)  # the child is up and watching
+        pid = int(parent.stdout.readline())
+    time.sleep(settle_s)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    return child
+    return pid
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process tree")
@@ -177,15 +183,7 @@ def test_a_worker_dies_with_sweeper_killed() -> None:
         print(w.results.recv()[0], flush=True)
         time.sleep(60)
     """)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
-    )
-    assert parent.stdout is not None
-    with parent.stdout:
-        worker = int(parent.stdout.readline())
-    assert not _gone(worker, 0.5)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
+    worker = _pid_after_its_parent_is_killed(parent_code, 0.5)
     assert _gone(worker, 5)
 
 

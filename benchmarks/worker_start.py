@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from startup import machine  # this folder: the benchmarks run as scripts
+from startup import machine, spread  # this folder: the benchmarks run as scripts
 
 from sweeper.backends.llamacpp import LlamaCppBackend
 from sweeper.runner import WorkerSpec, run_in_child
@@ -32,15 +31,6 @@ from sweeper.system import workers
 from sweeper.workloads import Sampling, builtin
 
 OUT = Path(__file__).parent / "results" / "worker_start.json"
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 1),
-        "min": round(min(values), 1),
-        "max": round(max(values), 1),
-        "n": len(values),
-    }
 
 
 def one_trial(spec: WorkerSpec, method: str) -> tuple[float, float]:

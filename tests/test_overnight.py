@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import sqlalchemy.exc
 from click.testing import CliRunner
@@ -84,24 +85,6 @@ def test_psycopg2_urls_still_work(postgres_url: str, write_study: WriteStudy) ->
     assert json.loads(status.stdout)["complete"] == 2  # one study, seen through either driver
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: a trial's worker is its grandchild on Linux (forked by a
-    fork server, sweeper's child), its child elsewhere."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        below = [p for p, parent in parents.items() if parent in frontier]
-        found += below
-        frontier = below
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -136,7 +119,9 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(write_study: WriteStudy)
         if states.count(TrialState.COMPLETE) >= 1 and started:
             break
     assert study is not None
-    workers = _descendants(proc.pid)
+    # every process below the sweep: the trial's worker is a grandchild on Linux (forked by a
+    # fork server, sweeper's child), a child elsewhere
+    workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     assert workers, "no trial worker below the sweep"
     time.sleep(2.0)  # the worker is loading or generating now
     before = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 
 def loop_until_stopped(results: Connection) -> None:
@@ -19,15 +21,11 @@ def loop_until_stopped(results: Connection) -> None:
 
 def say_environment(results: Connection, name: str) -> None:
     """Sends the value of environment variable ``name`` as this worker sees it."""
-    import os
-
     results.send((os.environ.get(name),))
 
 
 def say_pid_and_wait(results: Connection) -> None:
     """Sends its pid, then waits to be killed with its parent."""
-    import os
-
     results.send((os.getpid(),))
     time.sleep(120)
 
@@ -35,8 +33,6 @@ def say_pid_and_wait(results: Connection) -> None:
 def unwind_slowly(results: Connection, marker: str) -> None:
     """Works until stopped; on its way out takes a second, as an unload does, then leaves
     ``marker`` (proof it was not killed while unwinding)."""
-    from pathlib import Path
-
     results.send(("started",))
     try:
         while True:

@@ -463,9 +463,8 @@ def rig_search_misses() -> str:
     if missed:
         ratios = [m["completion_ratio"] for m in missed]
         claimed = "a confirmed gain" if all(m["claimed"] for m in missed) else "a recommendation"
-        span = f"{100 * (min(ratios) - 1):.0f}% to {100 * (max(ratios) - 1):.0f}%"
-        if len(missed) == 1:
-            span = f"{100 * (ratios[0] - 1):.0f}%"
+        low, high = (f"{100 * (r - 1):.0f}%" for r in (min(ratios), max(ratios)))
+        span = low if len(missed) == 1 else f"{low} to {high}"
         text = (
             f"The {len(missed)} of {2 * d['seeds']} seeds (both noise levels) that missed 5% "
             f"ended with {claimed} on a finalist {span} slower than the optimum: the study "

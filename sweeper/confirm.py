@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,7 +137,8 @@ def run(
         configs, workloads, config.confirm.rounds, runner, on_round, stop=clear
     )
     done = len(results[0].rounds[workloads[0]]["tok_s"])
-    when = datetime.datetime.now().isoformat(timespec="seconds")
+    ended = time.time()
+    when = datetime.datetime.fromtimestamp(ended).isoformat(timespec="seconds")
     out = []
     for w in the_plan.candidates:
         decided = decide(config, the_plan, results, w, budgets[done])
@@ -154,6 +156,7 @@ def run(
                 chosen=chosen,
                 machine=machine,
                 engine=engine,
+                at=ended,
             )
         )
     return out

@@ -6,7 +6,6 @@ it when an engine update may have made it wrong."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 import time
@@ -190,7 +189,7 @@ def changes(
         and c.engine
         and c.chosen is not None
         and settings.get(c.chosen) == row.get("settings")
-        and _timestamp(c.when) > row.get("at", 0)
+        and c.ended() > row.get("at", 0)
     ]
     if again:  # re-confirmed since the install: the engine it was re-confirmed on counts
         then = again[-1].engine
@@ -213,7 +212,7 @@ def changes(
     ]
     for c in confirmations:
         cand = next((x for x in c.candidates if x.settings == installed), None)
-        when = _timestamp(c.when)
+        when = c.ended()
         if cand is not None and cand.gpu_layers is not None and when > at:
             later.append((when, cand.gpu_layers, f"the re-confirmation of {c.when}"))
     if layers is not None and later:
@@ -225,9 +224,3 @@ def changes(
             )
     return out
 
-
-def _timestamp(iso: str) -> float:
-    try:
-        return datetime.datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return 0.0

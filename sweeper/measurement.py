@@ -10,6 +10,7 @@ Definitions used everywhere in sweeper:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -298,6 +299,19 @@ class Confirmation:
     machine: str | None = None
     #: the engine's version it ran on (LM Studio's app and runtimes; see fingerprint.machine)
     engine: str | None = None
+    #: when it ended, in seconds since the epoch (``when`` has whole seconds: too coarse to
+    #: order it against an install made in the same second)
+    at: float | None = None
+
+    def ended(self) -> float:
+        """When it ended, in seconds since the epoch: ``at``, or ``when`` where an earlier
+        version stored no ``at``."""
+        if self.at is not None:
+            return self.at
+        try:
+            return datetime.datetime.fromisoformat(self.when).timestamp()
+        except ValueError:
+            return 0.0
 
     def candidate(self, trial: int) -> CandidateResult | None:
         return next((c for c in self.candidates if c.trial == trial), None)

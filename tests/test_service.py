@@ -608,6 +608,33 @@ def test_a_later_load_with_other_gpu_layers_flags_the_installed_preset() -> None
     assert installs.changes(row, None, recs, older) == []
 
 
+def test_a_reconfirmation_in_the_second_of_the_install_counts_as_after_it() -> None:
+    """A re-confirmation's ``when`` has whole seconds; one that ended in the same second as the
+    install, after it, is since the install (CI saw the flag stay after a fast re-confirmation)."""
+    second = datetime.datetime(2026, 12, 2, 8, 0, 0)
+    row = {"settings": {"gpu_offload": 1.0}, "at": second.timestamp() + 0.5, "workload": "short"}
+    row["engine"] = "LM Studio 0.4.20 (build 1)"
+    now = "LM Studio 0.4.21 (build 1)"
+    cand = CandidateResult(
+        7, {"gpu_offload": 1.0}, "faster", [-5.0, -6.0, -4.0], 0.95, [], [], 1.0, [], None
+    )
+    study = optuna.create_study(directions=["maximize"])
+    attrs = {"settings": {"gpu_offload": 1.0}}
+    study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs=attrs))
+    recs = [dataclasses.replace(r, number=7) for r in records.load(study)]
+
+    def reconfirmed(at: float | None) -> Confirmation:
+        when = second.isoformat(timespec="seconds")
+        return Confirmation("short", when, 4, 0.95, {}, 10.0, [cand], 7, engine=now, at=at)
+
+    flag = f"LM Studio changed since the preset was measured: {row['engine']} -> {now}"
+    assert installs.changes(row, now, recs) == [flag]
+    assert installs.changes(row, now, recs, [reconfirmed(second.timestamp() + 0.8)]) == []
+    assert installs.changes(row, now, recs, [reconfirmed(second.timestamp() + 0.2)]) == [flag]
+    # stored by an earlier version, without ``at``: its whole second is all there is to go by
+    assert installs.changes(row, now, recs, [reconfirmed(None)]) == [flag]
+
+
 def stored_workload(gpu_layers: float) -> dict[str, Any]:
     spread = {"median": 1.0, "min": 1.0, "max": 1.0, "q1": 1.0, "q3": 1.0, "n": 1}
     run = {

@@ -223,4 +223,3 @@ def changes(
                 f"preset was measured with {layers:g}"
             )
     return out
-

@@ -4,7 +4,6 @@ never in a loop."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -281,10 +280,6 @@ def plan_of(
         }
     night = schedule.night(config, speeds, recs, timeout_s or config.budget.timeout_s, trials)
     return {"plan": night.to_dict(), "summary": plan.summary(night)}
-
-
-def now_iso() -> str:
-    return dt.datetime.now().isoformat(timespec="seconds")
 
 
 def lmstudio_models(host: str | None) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 def loop_until_stopped(results: Connection) -> None:
     """Works forever; when told to stop, says so on its way out (proof it unwound)."""
-    results.send(("started",))
-    try:
+    try:  # from the word on: a stop may land as soon as it is sent
+        results.send(("started",))
         while True:
             time.sleep(0.05)
     except SystemExit:
@@ -33,8 +33,8 @@ def say_pid_and_wait(results: Connection) -> None:
 def unwind_slowly(results: Connection, marker: str) -> None:
     """Works until stopped; on its way out takes a second, as an unload does, then leaves
     ``marker`` (proof it was not killed while unwinding)."""
-    results.send(("started",))
-    try:
+    try:  # from the word on: a stop may land as soon as it is sent
+        results.send(("started",))
         while True:
             time.sleep(0.05)
     except SystemExit:
